@@ -1,0 +1,88 @@
+"""Shape-only input validation used once at the public boundary.
+
+Every check looks at shapes, dtypes and devices only (never at values), so it never synchronises a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def shape_str(x: Tensor) -> str:
+    """Format a tensor's shape as ``(2, 3, 4)``."""
+    return "(" + ", ".join(str(int(s)) for s in x.shape) + ")"
+
+
+def check_tensor(x: object, name: str) -> Tensor:
+    """Raise ``TypeError`` unless ``x`` is a tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    return x
+
+
+def check_float(x: Tensor, name: str) -> None:
+    """Raise ``TypeError`` unless ``x`` has a floating-point dtype."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64); got {x.dtype}"
+        )
+
+
+def check_ndim(x: Tensor, ndims: Sequence[int], name: str, layout: str) -> None:
+    """Raise ``ValueError`` unless ``x.ndim`` is one of ``ndims``; ``layout`` describes the expected shape."""
+    if x.ndim not in ndims:
+        raise ValueError(f"{name} must have shape {layout}; got {shape_str(x)}")
+
+
+def check_same_device(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` when two tensors live on different devices."""
+    if a.device != b.device:
+        raise ValueError(f"{name_a} and {name_b} must be on the same device; got {a.device} and {b.device}")
+
+
+def check_batch(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` when the leading (batch) sizes of two tensors differ."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"batch size mismatch: {name_a} has batch {a.shape[0]} {shape_str(a)} but {name_b} has batch "
+            f"{b.shape[0]} {shape_str(b)}"
+        )
+
+
+def check_choice(value: str, choices: Sequence[str], name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(repr(c) for c in choices)}")
+
+
+def normalize_size(size: int | Sequence[int], ndim: int, name: str = "output_size") -> tuple[int, ...]:
+    """Turn ``size`` into a tuple of ``ndim`` positive ints (an int is repeated).
+
+    Raises:
+        ValueError: wrong length or a non-positive entry.
+        TypeError: entries that are not integers.
+    """
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size,) * ndim
+    if not isinstance(size, Sequence) or isinstance(size, str):
+        raise TypeError(f"{name} must be an int or a sequence of {ndim} ints; got {size!r}")
+    dims = "(H_out, W_out)" if ndim == 2 else "(D_out, H_out, W_out)"
+    if len(size) != ndim:
+        raise ValueError(f"{name} must have {ndim} entries {dims}; got {tuple(size)!r} ({len(size)} entries)")
+    out = []
+    for s in size:
+        if isinstance(s, bool) or not isinstance(s, int):
+            # torch.SymInt under export/compile is int-like; plain ints are the common case.
+            try:
+                s = int(s)  # type: ignore[call-overload]
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} entries must be integers; got {tuple(size)!r}") from None
+        if s <= 0:
+            raise ValueError(f"{name} entries must be positive; got {tuple(size)!r}")
+        out.append(s)
+    return tuple(out)

@@ -1,0 +1,303 @@
+"""``nn.Module`` wrappers: the spatial transformer layer and its parallel and serial combinations.
+
+A :class:`SpatialTransformer` = localisation net -> :class:`LocalizationHead` (regression to the transform's
+parameters, identity-initialised) -> grid generator -> sampler (Jaderberg et al. 2015, Fig. 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from stnkit import transforms as _transforms
+from stnkit._checks import check_choice, check_float, check_tensor, normalize_size, shape_str
+from stnkit.sampling import _check_options, _sample
+from stnkit.transforms.base import MatrixTransform, Transform
+
+__all__ = [
+    "LocalizationHead",
+    "ParallelSpatialTransformers",
+    "SerialSpatialTransformers",
+    "SpatialTransformer",
+    "param_groups",
+]
+
+
+class LocalizationHead(LazyModuleMixin, nn.Module):
+    """Final regression layer of a localisation net: features (N, F) -> parameters (N, P).
+
+    Initialised to zero weights and the transform's identity as bias, so at initialisation every input is mapped
+    to the identity transform (Jaderberg et al. 2015). With ``in_features=None`` F is inferred on the first call.
+
+    Args:
+        identity: identity parameters of the transform, shape (P,).
+        in_features: F, or None to infer it lazily.
+        bound: if set, parameters are ``identity + bound * tanh((z - identity) / bound)`` for the linear output
+            ``z``: they stay within ``bound`` of the identity, and equal the identity at initialisation.
+
+    Example:
+        >>> head = LocalizationHead(torch.tensor([1.0, 0.0, 0.0]), in_features=20)
+        >>> head(torch.rand(4, 20))[0]
+        tensor([1., 0., 0.], grad_fn=<SelectBackward0>)
+    """
+
+    cls_to_become = None
+
+    def __init__(self, identity: Tensor, in_features: int | None = None, bound: float | None = None) -> None:
+        super().__init__()
+        if bound is not None and bound <= 0:
+            raise ValueError(f"bound must be positive or None; got {bound}")
+        p = identity.numel()
+        self.bound = bound
+        self.register_buffer("identity", identity.detach().reshape(p).clone().float(), persistent=False)
+        if in_features is None:
+            self.weight = UninitializedParameter()
+        else:
+            self.weight = nn.Parameter(torch.empty(p, in_features))
+        self.bias = nn.Parameter(torch.empty(p))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero weights and identity bias: the head outputs the identity transform for any input."""
+        with torch.no_grad():
+            if not self.has_uninitialized_params():
+                self.weight.zero_()
+            self.bias.copy_(self.identity)
+
+    def initialize_parameters(self, features: Tensor) -> None:  # called by LazyModuleMixin on the first forward
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.weight.materialize((self.identity.numel(), features.shape[-1]))
+                self.reset_parameters()
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Regress parameters (N, P) from features (N, F)."""
+        z = F.linear(features, self.weight, self.bias)  # (N, P)
+        if self.bound is None:
+            return z
+        ident = self.identity.to(z.dtype)
+        return ident + self.bound * torch.tanh((z - ident) / self.bound)
+
+    def extra_repr(self) -> str:
+        f = "lazy" if self.has_uninitialized_params() else self.weight.shape[1]
+        return f"in_features={f}, num_params={self.identity.numel()}, bound={self.bound}"
+
+
+class SpatialTransformer(nn.Module):
+    """Spatial transformer layer: warps its input by a transform regressed from the input itself.
+
+    Args:
+        localization: any module mapping the input (N, C, H, W) (or a 5-D volume) to features (N, F) (higher-rank
+            outputs are flattened). The regression layer to the transform's parameters is added here.
+        transform: transform name (see :func:`stnkit.transforms.get`) or instance.
+        output_size: (H_out, W_out) (3-D: (D_out, H_out, W_out)), an int for square, or None for the input size.
+        in_features: F; None infers it on the first forward pass.
+        bound: optional bound of the parameters around the identity (tanh); guards against collapse.
+        loc_lr_scale: multiplier of the learning rate for the localisation net and head, used by
+            :func:`param_groups` (the paper's models train better with a lower localisation rate).
+        mode: sampling kernel ``"bilinear"`` | ``"nearest"`` | ``"bicubic"``.
+        padding_mode: ``"zeros"`` | ``"border"`` | ``"reflection"``.
+        align_corners: frame convention (default False, as torch).
+
+    Shapes:
+        input (N, C, H, W) -> output (N, C, H_out, W_out); with ``Affine3D``, (N, C, D, H, W) -> (N, C, D_out, H_out,
+        W_out). Parameters map output points to source points in the normalised frame.
+
+    Example:
+        >>> loc = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 32), nn.ReLU())
+        >>> st = SpatialTransformer(loc, "affine", output_size=(14, 14))
+        >>> st(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 1, 14, 14])
+    """
+
+    def __init__(
+        self,
+        localization: nn.Module,
+        transform: str | Transform = "affine",
+        output_size: int | Sequence[int] | None = None,
+        *,
+        in_features: int | None = None,
+        bound: float | None = None,
+        loc_lr_scale: float = 1.0,
+        mode: str = "bilinear",
+        padding_mode: str = "zeros",
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.transform = _transforms.get(transform)
+        d = self.transform.spatial_dims
+        _check_options(mode, padding_mode, d)
+        if loc_lr_scale < 0:
+            raise ValueError(f"loc_lr_scale must be >= 0; got {loc_lr_scale}")
+        self.localization = localization
+        self.head = LocalizationHead(self.transform.identity(), in_features, bound)
+        self.output_size = None if output_size is None else normalize_size(output_size, d)
+        self.loc_lr_scale = float(loc_lr_scale)
+        self.mode, self.padding_mode, self.align_corners = mode, padding_mode, bool(align_corners)
+
+    def predict_params(self, x: Tensor) -> Tensor:
+        """Return the transformation parameters (N, P) the localisation net regresses from ``x``."""
+        features = self.localization(x)
+        return self.head(features.flatten(1))  # (N, P)
+
+    def warp(self, x: Tensor, params: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+        """Warp ``x`` (N, C, *spatial) with given parameters (N, P) at ``output_size`` (default the layer's)."""
+        size = output_size or self.output_size or tuple(x.shape[2:])
+        grid = self.transform.grid(params, size, self.align_corners)
+        return _sample(x, grid, self.mode, self.padding_mode, self.align_corners)
+
+    def forward(self, x: Tensor, return_params: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Warp ``x`` by the transform the localisation net predicts from it.
+
+        Args:
+            x: input (N, C, H, W), or (N, C, D, H, W) for 3-D transforms.
+            return_params: also return the parameters (N, P).
+
+        Returns:
+            The warped output (N, C, H_out, W_out), and the parameters if ``return_params``.
+        """
+        self._check_input(x)
+        params = self.predict_params(x)
+        out = self.warp(x, params)
+        return (out, params) if return_params else out
+
+    def _check_input(self, x: Tensor) -> None:
+        check_tensor(x, "input")
+        check_float(x, "input")
+        d = self.transform.spatial_dims
+        if x.ndim != d + 2:
+            layout = "(N, C, H, W)" if d == 2 else "(N, C, D, H, W)"
+            raise ValueError(f"input of a SpatialTransformer with transform={self.transform.name!r} must have shape "
+                             f"{layout}; got {shape_str(x)}")
+
+    def localization_parameters(self) -> Iterator[nn.Parameter]:
+        """Yield the parameters of the localisation net and regression head."""
+        yield from self.localization.parameters()
+        yield from self.head.parameters()
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, loc_lr_scale={self.loc_lr_scale}, mode={self.mode!r}, "
+                f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}")
+
+
+class ParallelSpatialTransformers(nn.Module):
+    """Several spatial transformers applied to the same input (the paper's CUB and MNIST-addition models).
+
+    Args:
+        transformers: the branches; for ``merge="concat"`` their output sizes must agree.
+        merge: ``"concat"`` concatenates the outputs on channels, (N, k*C, H_out, W_out); ``"list"`` returns them
+            as a list.
+
+    Example:
+        >>> mk = lambda: SpatialTransformer(nn.Flatten(), "attention", output_size=8)
+        >>> ParallelSpatialTransformers([mk(), mk()])(torch.rand(2, 2, 16, 16)).shape
+        torch.Size([2, 4, 8, 8])
+    """
+
+    def __init__(self, transformers: Sequence[SpatialTransformer], merge: str = "concat") -> None:
+        super().__init__()
+        check_choice(merge, ("concat", "list"), "merge")
+        if len(transformers) == 0:
+            raise ValueError("ParallelSpatialTransformers needs at least one transformer")
+        self.branches = nn.ModuleList(transformers)
+        self.merge = merge
+
+    def forward(self, x: Tensor, return_params: bool = False):
+        """Apply every branch to ``x`` (N, C, H, W); returns the merged outputs (and the list of params)."""
+        outs, params = [], []
+        for st in self.branches:
+            out, p = st(x, return_params=True)
+            outs.append(out)
+            params.append(p)
+        merged = torch.cat(outs, dim=1) if self.merge == "concat" else outs  # (N, k*C, H_out, W_out) or list
+        return (merged, params) if return_params else merged
+
+
+class SerialSpatialTransformers(nn.Module):
+    """Spatial transformers in series; matrix transforms are composed so the input is sampled only once.
+
+    Each stage's localisation net sees the previous stage's output. With ``compose=True`` (and only matrix
+    transforms: affine families, projective, 3-D affine) stage k's output is sampled directly from the original
+    input with the product ``A_1 @ ... @ A_k`` of the stages' matrices, instead of resampling the resampled
+    output (which blurs twice); the final output is sampled once at the last stage's ``output_size``.
+
+    Args:
+        transformers: the stages, first applied first.
+        compose: merge matrix transforms into one sampling (falls back to sequential warps for TPS stages).
+
+    Example:
+        >>> mk = lambda: SpatialTransformer(nn.Flatten(), "affine")
+        >>> SerialSpatialTransformers([mk(), mk()])(torch.rand(2, 1, 12, 12)).shape
+        torch.Size([2, 1, 12, 12])
+    """
+
+    def __init__(self, transformers: Sequence[SpatialTransformer], compose: bool = True) -> None:
+        super().__init__()
+        if len(transformers) == 0:
+            raise ValueError("SerialSpatialTransformers needs at least one transformer")
+        self.stages = nn.ModuleList(transformers)
+        dims = {st.transform.spatial_dims for st in transformers}
+        if len(dims) != 1:
+            raise ValueError("all stages of SerialSpatialTransformers must have the same number of spatial dims")
+        matrix = all(isinstance(st.transform, MatrixTransform) for st in transformers)
+        self.compose = bool(compose) and matrix
+        if self.compose:
+            projective = any(st.transform.name == "projective" for st in transformers)
+            name = "affine3d" if dims == {3} else ("projective" if projective else "affine")
+            self.composed = _transforms.get(name)  # family of the product A_1 @ ... @ A_k
+
+    def forward(self, x: Tensor, return_params: bool = False):
+        """Apply the stages to ``x``; returns the output (and the list of per-stage params)."""
+        params: list[Tensor] = []
+        if not self.compose:
+            out = x
+            for st in self.stages:
+                out, p = st(out, return_params=True)
+                params.append(p)
+            return (out, params) if return_params else out
+        first: SpatialTransformer = self.stages[0]  # type: ignore[assignment]
+        first._check_input(x)
+        cur, total, size = x, None, tuple(x.shape[2:])
+        for st in self.stages:
+            p = st.predict_params(cur)
+            params.append(p)
+            m = st.transform.to_matrix(p)  # (N, d+1, d+1): stage input <- stage output
+            total = m if total is None else total @ m  # input <- this stage's output
+            size = st.output_size or size
+            grid = self.composed.grid(self.composed.from_matrix(total), size, st.align_corners)
+            cur = _sample(x, grid, st.mode, st.padding_mode, st.align_corners)  # always sampled from x itself
+        return (cur, params) if return_params else cur
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
+    """Split a model's parameters into optimizer groups with each transformer's localisation lr scaled.
+
+    Args:
+        model: any module containing :class:`SpatialTransformer` layers.
+        lr: base learning rate.
+        weight_decay: applied to every group.
+
+    Returns:
+        A list of dicts for a ``torch.optim`` optimizer: the rest of the model at ``lr``, then one group per
+        transformer with ``lr * loc_lr_scale`` (omitted when empty).
+
+    Example:
+        >>> st = SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), loc_lr_scale=0.1, in_features=4)
+        >>> [g["lr"] for g in param_groups(nn.Sequential(st, nn.Flatten(), nn.Linear(16, 2)), lr=0.01)]
+        [0.01, 0.001]
+    """
+    seen: set[int] = set()
+    groups = []
+    for module in model.modules():
+        if isinstance(module, SpatialTransformer):
+            ps = [p for p in module.localization_parameters() if id(p) not in seen]
+            seen.update(id(p) for p in ps)
+            if ps:
+                groups.append({"params": ps, "lr": lr * module.loc_lr_scale, "weight_decay": weight_decay})
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    return [{"params": rest, "lr": lr, "weight_decay": weight_decay}, *groups]
