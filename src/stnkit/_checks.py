@@ -5,6 +5,7 @@ Every check looks at shapes, dtypes and devices only (never at values), so it ne
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -76,12 +77,10 @@ def normalize_size(size: int | Sequence[int], ndim: int, name: str = "output_siz
         raise ValueError(f"{name} must have {ndim} entries {dims}; got {tuple(size)!r} ({len(size)} entries)")
     out = []
     for s in size:
-        if isinstance(s, bool) or not isinstance(s, int):
-            # torch.SymInt under export/compile is int-like; plain ints are the common case.
-            try:
-                s = int(s)  # type: ignore[call-overload]
-            except (TypeError, ValueError):
-                raise TypeError(f"{name} entries must be integers; got {tuple(size)!r}") from None
+        try:
+            s = operator.index(s)  # ints, numpy ints and torch.SymInt; floats and bools-as-sizes are refused
+        except TypeError:
+            raise TypeError(f"{name} entries must be integers; got {tuple(size)!r}") from None
         if s <= 0:
             raise ValueError(f"{name} entries must be positive; got {tuple(size)!r}")
         out.append(s)

@@ -132,7 +132,7 @@ def normalize_matrix(
     Example:
         >>> m = torch.eye(3)[None]
         >>> normalize_matrix(m, (28, 28), (14, 14))[0, 0]
-        tensor([0.5000, 0.0000, 0.5000])
+        tensor([ 0.5000,  0.0000, -0.5000])
     """
     check_ndim(src_from_dst_px, (3,), "src_from_dst_px", "(B, 2, 3), (B, 3, 3), (B, 3, 4) or (B, 4, 4)")
     return _change_frame(src_from_dst_px, src_size, dst_size, align_corners, to_norm=True)

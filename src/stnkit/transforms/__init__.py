@@ -14,7 +14,7 @@ from stnkit._checks import check_float, check_tensor, shape_str
 from stnkit.transforms.affine import Affine, Attention, Similarity, Translation, affine_grid
 from stnkit.transforms.affine3d import Affine3D, affine_grid3d
 from stnkit.transforms.base import MatrixTransform, Transform
-from stnkit.transforms.projective import Projective
+from stnkit.transforms.projective import Projective, homography_from_points
 from stnkit.transforms.tps import ThinPlateSpline, regular_control_points
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "available",
     "compose",
     "get",
+    "homography_from_points",
     "inverse",
     "regular_control_points",
 ]
@@ -47,8 +48,10 @@ def available() -> list[str]:
 
 
 def get(name: str | Transform | type[Transform], **kwargs: Any) -> Transform:
-    """Resolve a transform by name (``"affine"``, ``"attention"``, ``"translation"``, ``"similarity"``,
-    ``"projective"``, ``"tps"``, ``"affine3d"``); instances pass through, classes are instantiated.
+    """Resolve a transform by name; instances pass through, classes are instantiated.
+
+    Names: ``"affine"``, ``"attention"``, ``"translation"``, ``"similarity"``, ``"projective"``, ``"tps"``,
+    ``"affine3d"`` (case-insensitive).
 
     Args:
         name: registry name, a :class:`Transform` instance or subclass.

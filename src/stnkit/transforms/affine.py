@@ -160,7 +160,7 @@ class Similarity(_Affine2D):
         >>> import math
         >>> p = Similarity.from_scale_angle(torch.tensor([2.0]), torch.tensor([math.pi / 2]), torch.zeros(1),
         ...                                 torch.zeros(1))
-        >>> Similarity().transform_points(p, torch.tensor([[1.0, 0.0]])).round(decimals=4)
+        >>> Similarity().transform_points(p, torch.tensor([[1.0, 0.0]])).round(decimals=4) + 0.0
         tensor([[[0., 2.]]])
     """
 

@@ -53,7 +53,7 @@ def _affine_grid3d(theta: Tensor, size: tuple[int, ...], align_corners: bool) ->
 
 
 class Affine3D(MatrixTransform):
-    """General 3-D affine transform, 12 parameters: row-major 3x4 matrix on (x, y, z, 1) (``F.affine_grid``'s 3-D theta).
+    """General 3-D affine transform, 12 parameters: row-major 3x4 matrix on (x, y, z, 1) (``F.affine_grid``'s theta).
 
     Example:
         >>> t = Affine3D()

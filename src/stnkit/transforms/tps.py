@@ -133,7 +133,9 @@ class ThinPlateSpline(Transform):
     def _identity(self) -> Tensor:
         return self.control_points.reshape(-1)
 
-    def basis(self, output_size: Sequence[int], align_corners: bool = False, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    def basis(
+        self, output_size: Sequence[int], align_corners: bool = False, dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, Tensor]:
         """Return the cached ``(base, M)`` for an output size: grid = base + M @ (params - identity).
 
         Args:

@@ -1,0 +1,229 @@
+import pytest
+import torch
+from torch import nn
+
+import stnkit
+from stnkit import (
+    LocalizationHead,
+    ParallelSpatialTransformers,
+    SerialSpatialTransformers,
+    SpatialTransformer,
+    param_groups,
+    warp,
+)
+from stnkit.transforms import Attention
+
+NAMES_2D = ["affine", "attention", "translation", "similarity", "projective", "tps"]
+
+
+def loc_net(in_ch=1, size=16, feat=12):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_ch * size * size, feat), nn.ReLU())
+
+
+def set_head(st, params):
+    """Make the head output fixed params regardless of input (zero weights, bias = params)."""
+    with torch.no_grad():
+        st.head.weight.zero_()
+        st.head.bias.copy_(params)
+
+
+class TestLocalizationHead:
+    def test_identity_init(self):
+        ident = stnkit.Projective().identity()
+        head = LocalizationHead(ident, in_features=7)
+        torch.testing.assert_close(head(torch.randn(5, 7)), ident.expand(5, -1))
+        assert head.weight.abs().sum() == 0
+
+    def test_lazy(self):
+        head = LocalizationHead(torch.tensor([1.0, 0.0, 0.0]))
+        out = head(torch.randn(3, 9))
+        assert head.weight.shape == (3, 9)
+        torch.testing.assert_close(out, torch.tensor([[1.0, 0.0, 0.0]]).expand(3, -1))
+
+    def test_bound(self):
+        head = LocalizationHead(torch.tensor([1.0, 0.0, 0.0]), in_features=4, bound=0.5)
+        with torch.no_grad():
+            head.weight.normal_(std=100.0)
+        out = head(torch.randn(64, 4))
+        assert ((out - torch.tensor([1.0, 0.0, 0.0])).abs() <= 0.5).all()
+        assert (out - torch.tensor([1.0, 0.0, 0.0])).abs().max() > 0.4  # saturates near the bound, not at 0
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="bound must be positive"):
+            LocalizationHead(torch.zeros(2), 3, bound=0.0)
+
+
+class TestSpatialTransformer:
+    @pytest.mark.parametrize("name", NAMES_2D)
+    def test_identity_at_init(self, name):
+        x = torch.rand(4, 3, 16, 16)
+        st = SpatialTransformer(loc_net(3), name)
+        out, params = st(x, return_params=True)
+        torch.testing.assert_close(out, x, atol=2e-6, rtol=0)
+        torch.testing.assert_close(params, st.transform.identity().expand(4, -1))
+
+    @pytest.mark.parametrize(("size", "expected"), [(8, (8, 8)), ((6, 10), (6, 10)), (None, (16, 16))])
+    def test_output_size(self, size, expected):
+        st = SpatialTransformer(loc_net(), "affine", output_size=size)
+        assert st(torch.rand(2, 1, 16, 16)).shape == (2, 1, *expected)
+
+    def test_volume(self):
+        loc = nn.Sequential(nn.Flatten(), nn.Linear(2 * 6 * 6 * 6, 8))
+        st = SpatialTransformer(loc, "affine3d", output_size=(3, 4, 5))
+        x = torch.rand(2, 2, 6, 6, 6)
+        assert st(x).shape == (2, 2, 3, 4, 5)
+        torch.testing.assert_close(SpatialTransformer(loc, "affine3d")(x), x, atol=2e-6, rtol=0)
+
+    def test_gradients_reach_localization(self):
+        torch.manual_seed(1)
+        st = SpatialTransformer(loc_net(), "affine")
+        x = torch.rand(8, 1, 16, 16)
+        target = torch.rand(8, 1, 16, 16)
+        opt = torch.optim.SGD(st.parameters(), lr=0.1)
+        for _ in range(2):  # head weights start at zero, so the loc net's gradient appears from step 2
+            opt.zero_grad()
+            nn.functional.mse_loss(st(x), target).backward()
+            assert st.head.weight.grad.abs().sum() > 0
+            opt.step()
+        assert st.localization[1].weight.grad.abs().sum() > 0
+
+    def test_feature_maps_inside_a_cnn(self):
+        st = SpatialTransformer(nn.Sequential(nn.Conv2d(16, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten()),
+                                "similarity")
+        net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), st, nn.Conv2d(16, 2, 3))
+        assert net(torch.rand(2, 1, 12, 12)).shape == (2, 2, 10, 10)
+
+    def test_state_dict_has_no_derived_tensors(self):
+        st = SpatialTransformer(loc_net(), "tps", in_features=12)
+        st(torch.rand(1, 1, 16, 16))
+        assert set(st.state_dict()) == {"localization.1.weight", "localization.1.bias", "head.weight", "head.bias"}
+
+    def test_autocast_keeps_float32_grid(self):
+        st = SpatialTransformer(loc_net(), "tps")
+        x = torch.rand(2, 1, 16, 16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            params = st.predict_params(x)
+            grid = st.transform.grid(params, (16, 16))
+            out = st(x)
+        assert params.dtype == torch.bfloat16
+        assert grid.dtype == torch.float32
+        torch.testing.assert_close(out.float(), x, atol=1e-2, rtol=0)
+
+    def test_seeded_determinism(self):
+        def run():
+            torch.manual_seed(3)
+            st = SpatialTransformer(loc_net(), "affine", in_features=12)
+            set_head(st, torch.tensor([0.9, 0.1, 0.05, -0.1, 1.1, 0.0]))
+            return st(torch.rand(2, 1, 16, 16))
+
+        assert torch.equal(run(), run())
+
+    def test_errors(self):
+        st = SpatialTransformer(loc_net(), "affine")
+        with pytest.raises(ValueError, match=r"SpatialTransformer with transform='affine' must have shape"):
+            st(torch.rand(1, 16, 16))
+        with pytest.raises(TypeError, match="floating-point"):
+            st(torch.ones(1, 1, 16, 16, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="unknown transform"):
+            SpatialTransformer(loc_net(), "shear")
+        with pytest.raises(ValueError, match="unknown mode"):
+            SpatialTransformer(loc_net(), mode="area")
+        with pytest.raises(ValueError, match="output_size entries must be positive"):
+            SpatialTransformer(loc_net(), output_size=(0, 3))
+
+
+class TestParamGroups:
+    def test_scaled_localization_lr(self):
+        st = SpatialTransformer(loc_net(), loc_lr_scale=0.1)
+        model = nn.Sequential(st, nn.Flatten(), nn.Linear(256, 10))
+        model(torch.rand(1, 1, 16, 16))
+        groups = param_groups(model, lr=0.5)
+        assert [g["lr"] for g in groups] == [0.5, pytest.approx(0.05)]
+        loc_ids = {id(p) for p in st.localization_parameters()}
+        assert {id(p) for p in groups[1]["params"]} == loc_ids
+        assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+        torch.optim.SGD(groups)  # a valid optimizer spec
+
+
+class TestParallel:
+    def test_concat_and_list(self):
+        branches = [SpatialTransformer(loc_net(2), "attention", output_size=8) for _ in range(3)]
+        x = torch.rand(2, 2, 16, 16)
+        out, params = ParallelSpatialTransformers(branches)(x, return_params=True)
+        assert out.shape == (2, 6, 8, 8)
+        assert len(params) == 3
+        outs = ParallelSpatialTransformers(branches, merge="list")(x)
+        assert [o.shape for o in outs] == [(2, 2, 8, 8)] * 3
+        torch.testing.assert_close(torch.cat(outs, 1), out)
+
+    def test_branches_differ(self):
+        a = SpatialTransformer(loc_net(), "attention", output_size=8, in_features=12)
+        b = SpatialTransformer(loc_net(), "attention", output_size=8, in_features=12)
+        set_head(a, torch.tensor([0.5, -0.5, 0.0]))
+        set_head(b, torch.tensor([0.5, 0.5, 0.0]))
+        x = torch.rand(1, 1, 16, 16)
+        out = ParallelSpatialTransformers([a, b])(x)
+        torch.testing.assert_close(out[:, 0], x[:, 0, 4:12, 0:8])  # left half, exact pixels at s = 0.5
+        torch.testing.assert_close(out[:, 1], x[:, 0, 4:12, 8:16])
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="unknown merge"):
+            ParallelSpatialTransformers([SpatialTransformer(loc_net())], merge="sum")
+
+
+class TestSerial:
+    def _stages(self):
+        a = SpatialTransformer(loc_net(), "attention", output_size=12, in_features=12)
+        b = SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(144, 6)), "projective", output_size=10,
+                               in_features=6)
+        pa = torch.tensor([0.8, 0.1, -0.05])
+        pb = torch.tensor([1.0, 0.1, 0.05, -0.1, 0.9, 0.0, 0.05, -0.02])
+        set_head(a, pa)
+        set_head(b, pb)
+        return a, b, pa, pb
+
+    def test_composed_single_sampling(self):
+        a, b, pa, pb = self._stages()
+        x = torch.rand(2, 1, 16, 16)
+        out, params = SerialSpatialTransformers([a, b])(x, return_params=True)
+        total = Attention().to_matrix(pa[None]) @ stnkit.Projective().to_matrix(pb[None])
+        expected = warp(x, stnkit.Projective().from_matrix(total).expand(2, -1), "projective", (10, 10))
+        torch.testing.assert_close(out, expected)
+        assert len(params) == 2
+
+    def test_sequential_fallback(self):
+        a, b, _, _ = self._stages()
+        x = torch.rand(2, 1, 16, 16)
+        out = SerialSpatialTransformers([a, b], compose=False)(x)
+        torch.testing.assert_close(out, b(a(x)))
+        composed = SerialSpatialTransformers([a, b])(x)
+        assert not torch.allclose(out, composed)  # resampling twice differs from sampling once
+
+    def test_tps_stage_falls_back(self):
+        s = SerialSpatialTransformers([SpatialTransformer(loc_net(), "tps"), SpatialTransformer(loc_net())])
+        assert not s.compose
+        x = torch.rand(1, 1, 16, 16)
+        torch.testing.assert_close(s(x), x, atol=2e-6, rtol=0)
+
+
+class TestExport:
+    @pytest.mark.parametrize("name", ["affine", "projective", "tps"])
+    def test_export_round_trip(self, name):
+        st = SpatialTransformer(loc_net(), name, output_size=(8, 8), in_features=12).eval()
+        with torch.no_grad():
+            st.head.weight.normal_(std=0.01)
+        x = torch.rand(2, 1, 16, 16)
+        expected = st(x)
+        exported = torch.export.export(st, (x,))
+        torch.testing.assert_close(exported.module()(x), expected)
+        x2 = torch.rand(2, 1, 16, 16)
+        torch.testing.assert_close(exported.module()(x2), st(x2))
+
+    @pytest.mark.slow
+    def test_compile(self):
+        st = SpatialTransformer(loc_net(), "tps", output_size=(8, 8), in_features=12)
+        with torch.no_grad():
+            st.head.weight.normal_(std=0.01)
+        x = torch.rand(2, 1, 16, 16)
+        compiled = torch.compile(st)
+        torch.testing.assert_close(compiled(x), st(x), atol=1e-5, rtol=1e-5)
