@@ -1,0 +1,154 @@
+"""Lightning data module for distorted MNIST: resolve/download in ``prepare_data``, load and split in ``setup``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from stnkit.data.distorted_mnist import DistortedMNIST, EpochSampler, distortion_config
+from stnkit.data.idx import find_mnist, load_mnist
+
+__all__ = ["DistortedMNISTDataModule"]
+
+
+class DistortedMNISTDataModule(pl.LightningDataModule):
+    """Distorted MNIST (Jaderberg et al. 2015, Sec. 4.1): train / validation / test loaders of (x, y) batches.
+
+    The validation set is ``val_size`` images held out of MNIST's 60,000 training images by a permutation seeded
+    with ``seed``; the test set is MNIST's 10,000 test images. Validation and test distortions are fixed; training
+    distortions are redrawn every epoch when ``fresh_train``. The test distortions depend on ``test_seed`` only, so
+    runs with different ``seed`` are scored on identical test images. Clutter (``"tc"``) is cropped from the
+    60,000 training digits for every split. The data at (seed, epoch, step) is a pure function of those: the order
+    comes from :class:`~stnkit.data.distorted_mnist.EpochSampler` (epoch set by Lightning), and a run resumed
+    mid-epoch skips the batches already done, so it sees the same batches as the uninterrupted run.
+
+    Args:
+        dataset: distortion preset: ``"plain"``, ``"r"``, ``"rts"``, ``"p"``, ``"e"`` or ``"tc"``.
+        data_dir: folder holding MNIST's IDX files; default ``$STNKIT_DATA``, else the cache (downloaded if absent).
+        batch_size: training batch size (the paper: 256).
+        val_size: training images held out for validation.
+        seed: seed of the validation split, the training order and the training/validation distortions.
+        fresh_train: new training distortions every epoch (else one fixed distorted training set).
+        num_workers: DataLoader worker processes (generation is fast; 0 is usually best).
+        train_subset: use only this many training images (tiny runs, tests); None = all.
+        val_subset: use only this many validation images; None = all ``val_size``.
+        test_subset: use only this many test images; None = all 10,000.
+        eval_batch_size: validation/test batch size; default ``batch_size``.
+        test_seed: seed of the fixed test distortions.
+        distortion: overrides of the preset's :class:`~stnkit.data.distortions.DistortionConfig` fields, e.g.
+            ``{"scale": [0.5, 1.0]}``.
+
+    Example:
+        >>> dm = DistortedMNISTDataModule("rts", batch_size=64)
+        >>> dm.image_size, dm.in_channels, dm.num_classes
+        (42, 1, 10)
+    """
+
+    def __init__(
+        self,
+        dataset: str = "rts",
+        data_dir: str | None = None,
+        batch_size: int = 256,
+        val_size: int = 5000,
+        seed: int = 0,
+        fresh_train: bool = True,
+        num_workers: int = 0,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        test_subset: int | None = None,
+        eval_batch_size: int | None = None,
+        test_seed: int = 0,
+        distortion: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = distortion_config(dataset, **(distortion or {}))  # validates the name and overrides now
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be positive; got {batch_size}, {eval_batch_size}")
+        if val_size < 0:
+            raise ValueError(f"val_size must be >= 0; got {val_size}")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size = val_size
+        self.seed = seed
+        self.fresh_train = fresh_train
+        self.num_workers = num_workers
+        self.train_subset, self.val_subset, self.test_subset = train_subset, val_subset, test_subset
+        self.test_seed = test_seed
+        self.train_set: DistortedMNIST | None = None
+        self.val_set: DistortedMNIST | None = None
+        self.test_set: DistortedMNIST | None = None
+
+    @property
+    def image_size(self) -> int:
+        """S, the side of the (S, S) images."""
+        return self.config.canvas_size
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels (1)."""
+        return 1
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (10)."""
+        return 10
+
+    def prepare_data(self) -> None:
+        """Locate MNIST, downloading it into the user cache if it is nowhere to be found."""
+        find_mnist(self.data_dir, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load MNIST, split off the validation set and build the datasets (idempotent)."""
+        if self.train_set is not None:
+            return
+        root = find_mnist(self.data_dir, download=False)
+        train_images, train_labels = load_mnist(root, split="train")
+        test_images, test_labels = load_mnist(root, split="test")
+        n = train_images.shape[0]
+        if self.val_size >= n:
+            raise ValueError(f"val_size={self.val_size} leaves no training images out of {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))  # (n,)
+        val_ids = order[: self.val_size][: self.val_subset].sort().values
+        train_ids = order[self.val_size:][: self.train_subset].sort().values
+        test_ids = torch.arange(test_images.shape[0])[: self.test_subset]
+
+        def make(images, labels, ids, split, seed, fresh):
+            return DistortedMNIST(images[ids], labels[ids], self.config, seed=seed, split=split, fresh=fresh,
+                                  ids=ids, clutter_pool=train_images)
+
+        self.train_set = make(train_images, train_labels, train_ids, "train", self.seed, self.fresh_train)
+        self.val_set = make(train_images, train_labels, val_ids, "val", self.seed, False)
+        self.test_set = make(test_images, test_labels, test_ids, "test", self.test_seed, False)
+
+    def _batches_done(self) -> int:
+        """Samples of the current epoch already trained on (non-zero only when resuming mid-epoch)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.batch_size
+
+    def _loader(self, dataset: DistortedMNIST | None, batch_size: int, sampler=None) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before requesting dataloaders")
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        """Training loader: order and distortions are functions of (seed, epoch); resumes skip done batches."""
+        sampler = EpochSampler(self.train_set, shuffle=True, seed=self.seed, start=self._batches_done)
+        trainer = self.trainer
+        sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)  # before workers copy the dataset
+        return self._loader(self.train_set, self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation loader, fixed order and distortions."""
+        return self._loader(self.val_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test loader, fixed order and distortions."""
+        return self._loader(self.test_set, self.eval_batch_size)

