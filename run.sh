@@ -14,10 +14,15 @@ setup() {  # $1 = extras (train | dev)
   local stamp="$VENV/.stnkit-$1" want
   want=$(cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    echo "setting up $VENV ($1 dependencies; log in $VENV/pip.log) ..." >&2
+    local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check)
     # torch first, pinned (a CPU wheel is on this machine's disk); then the project under the same constraints
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt torch
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$1]"
+    if ! { "${pip[@]}" --upgrade pip && "${pip[@]}" -c constraints.txt torch \
+           && "${pip[@]}" -c constraints.txt -e ".[$1]"; } > "$VENV/pip.log" 2>&1; then
+      tail -n 30 "$VENV/pip.log" >&2
+      echo "run.sh: installing the $1 environment failed (full log: $VENV/pip.log)" >&2
+      exit 1
+    fi
     echo "$want" > "$stamp"
   fi
 }

@@ -7,6 +7,7 @@ parameters, identity-initialised) -> grid generator -> sampler (Jaderberg et al.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,9 @@ class LocalizationHead(LazyModuleMixin, nn.Module):
     """
 
     cls_to_become = None
+    weight: nn.Parameter | UninitializedParameter
+    bias: nn.Parameter
+    identity: Tensor
 
     def __init__(self, identity: Tensor, in_features: int | None = None, bound: float | None = None) -> None:
         super().__init__()
@@ -55,10 +59,7 @@ class LocalizationHead(LazyModuleMixin, nn.Module):
         p = identity.numel()
         self.bound = bound
         self.register_buffer("identity", identity.detach().reshape(p).clone().float(), persistent=False)
-        if in_features is None:
-            self.weight = UninitializedParameter()
-        else:
-            self.weight = nn.Parameter(torch.empty(p, in_features))
+        self.weight = UninitializedParameter() if in_features is None else nn.Parameter(torch.empty(p, in_features))
         self.bias = nn.Parameter(torch.empty(p))
         self.reset_parameters()
 
@@ -72,7 +73,7 @@ class LocalizationHead(LazyModuleMixin, nn.Module):
     def initialize_parameters(self, features: Tensor) -> None:  # called by LazyModuleMixin on the first forward
         if self.has_uninitialized_params():
             with torch.no_grad():
-                self.weight.materialize((self.identity.numel(), features.shape[-1]))
+                cast(UninitializedParameter, self.weight).materialize((self.identity.numel(), features.shape[-1]))
                 self.reset_parameters()
 
     def forward(self, features: Tensor) -> Tensor:
@@ -114,6 +115,9 @@ class SpatialTransformer(nn.Module):
         >>> st(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 1, 14, 14])
     """
+
+    transform: Transform
+    head: LocalizationHead
 
     def __init__(
         self,
@@ -236,6 +240,8 @@ class SerialSpatialTransformers(nn.Module):
         torch.Size([2, 1, 12, 12])
     """
 
+    composed: MatrixTransform
+
     def __init__(self, transformers: Sequence[SpatialTransformer], compose: bool = True) -> None:
         super().__init__()
         if len(transformers) == 0:
@@ -249,24 +255,24 @@ class SerialSpatialTransformers(nn.Module):
         if self.compose:
             projective = any(st.transform.name == "projective" for st in transformers)
             name = "affine3d" if dims == {3} else ("projective" if projective else "affine")
-            self.composed = _transforms.get(name)  # family of the product A_1 @ ... @ A_k
+            self.composed = cast(MatrixTransform, _transforms.get(name))  # family of the product A_1 @ ... @ A_k
 
     def forward(self, x: Tensor, return_params: bool = False):
         """Apply the stages to ``x``; returns the output (and the list of per-stage params)."""
         params: list[Tensor] = []
         if not self.compose:
             out = x
-            for st in self.stages:
+            for st in self.stages:  # each stage validates its own input
                 out, p = st(out, return_params=True)
                 params.append(p)
             return (out, params) if return_params else out
-        first: SpatialTransformer = self.stages[0]  # type: ignore[assignment]
-        first._check_input(x)
+        stages: list[SpatialTransformer] = list(self.stages)  # type: ignore[arg-type]
+        stages[0]._check_input(x)
         cur, total, size = x, None, tuple(x.shape[2:])
-        for st in self.stages:
+        for st in stages:
             p = st.predict_params(cur)
             params.append(p)
-            m = st.transform.to_matrix(p)  # (N, d+1, d+1): stage input <- stage output
+            m = cast(MatrixTransform, st.transform).to_matrix(p)  # (N, d+1, d+1): stage input <- stage output
             total = m if total is None else total @ m  # input <- this stage's output
             size = st.output_size or size
             grid = self.composed.grid(self.composed.from_matrix(total), size, st.align_corners)

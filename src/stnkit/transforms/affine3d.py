@@ -42,10 +42,8 @@ def affine_grid3d(theta: Tensor, output_size: int | Sequence[int], *, align_corn
 
 def _affine_grid3d(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
     d, h, w = size
-    kw = {"device": theta.device, "dtype": theta.dtype}
-    x = base_coords(w, align_corners, **kw).view(1, 1, 1, w, 1)  # (1, 1, 1, W, 1)
-    y = base_coords(h, align_corners, **kw).view(1, 1, h, 1, 1)  # (1, 1, H, 1, 1)
-    z = base_coords(d, align_corners, **kw).view(1, d, 1, 1, 1)  # (1, D, 1, 1, 1)
+    x, y, z = (base_coords(n, align_corners, device=theta.device, dtype=theta.dtype) for n in (w, h, d))
+    x, y, z = x.view(1, 1, 1, w, 1), y.view(1, 1, h, 1, 1), z.view(1, d, 1, 1, 1)  # broadcast along W, H, D
     cols = theta.transpose(1, 2)[:, None, None, None]  # (N, 1, 1, 1, 4, 3): column j of A as a row
     g = torch.addcmul(cols[..., 3, :], x, cols[..., 0, :])  # (N, 1, 1, W, 3)
     g = torch.addcmul(g, y, cols[..., 1, :])  # (N, 1, H, W, 3)
