@@ -128,15 +128,14 @@ def read_idx(path: str | os.PathLike) -> Tensor:
     return _parse_idx(_read_bytes(path), path)
 
 
-def _verify(path: Path, data: bytes, name: str) -> None:
-    """Warn once per (file, version) per process when its content is not canonical MNIST."""
+def _is_new_non_mnist(path: Path, data: bytes, name: str) -> bool:
+    """Return True the first time per process that a file (version) turns out not to be canonical MNIST."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _checked_sums:
-        _checked_sums[key] = hashlib.sha256(data).hexdigest() == MNIST_SHA256[name]
-        if not _checked_sums[key]:
-            warnings.warn(f"{path}: SHA-256 is not MNIST's {name}; using it anyway (e.g. Fashion-MNIST or KMNIST "
-                          f"under MNIST's names)", UserWarning, stacklevel=3)
+    if key in _checked_sums:
+        return False
+    _checked_sums[key] = hashlib.sha256(data).hexdigest() == MNIST_SHA256[name]
+    return not _checked_sums[key]
 
 
 def _locate(folder: Path, name: str) -> Path | None:
@@ -153,7 +152,7 @@ def load_mnist(root: str | os.PathLike, split: str = "train", *, verify: bool = 
         root: folder holding the four files (``.gz`` or raw), e.g. the result of :func:`find_mnist`.
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         verify: compare SHA-256 sums with MNIST's (once per file per process); files that differ are used with a
-            warning, so Fashion-MNIST or KMNIST stored under MNIST's names still load.
+            one-line warning, so Fashion-MNIST or KMNIST stored under MNIST's names still load.
 
     Returns:
         ``(images, labels)``: uint8 tensor of shape (N, H, W) (28x28 for MNIST) and int64 tensor of shape (N,).
@@ -165,7 +164,7 @@ def load_mnist(root: str | os.PathLike, split: str = "train", *, verify: bool = 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     root = Path(root)
-    out = []
+    out, unknown = [], []
     for part in ("images", "labels"):
         name = MNIST_FILES[(split, part)]
         path = _locate(root, name)
@@ -174,14 +173,17 @@ def load_mnist(root: str | os.PathLike, split: str = "train", *, verify: bool = 
                             f"call find_mnist() to download them into {cache_dir()}")
         data = _read_bytes(path)
         tensor = _parse_idx(data, path)
-        if verify:
-            _verify(path, data, name)
+        if verify and _is_new_non_mnist(path, data, name):
+            unknown.append(path.name)
         want = 3 if part == "images" else 1
         if tensor.ndim != want or tensor.dtype != torch.uint8:
             raise DataError(f"{path}: expected {want}-D uint8 {part}, got shape {tuple(tensor.shape)} "
                             f"{tensor.dtype}; {_HOW_TO_FIX}")
         out.append((path, tensor))
     (img_path, images), (lbl_path, labels) = out
+    if unknown:
+        warnings.warn(f"{root}: {' and '.join(unknown)} not MNIST's (SHA-256 differs); using them anyway (e.g. "
+                      f"Fashion-MNIST or KMNIST under MNIST's names)", UserWarning, stacklevel=2)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{img_path} holds {images.shape[0]} images but {lbl_path} holds {labels.shape[0]} labels; "
                         f"the pair must come from the same release: {_HOW_TO_FIX}")
