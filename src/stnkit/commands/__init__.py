@@ -1,0 +1,1 @@
+"""Subcommands of the ``stnkit`` CLI, one module each (see :mod:`stnkit.cli` for the protocol)."""

@@ -1,0 +1,120 @@
+"""``stnkit train``: train one model on one distorted-MNIST variant (the programmatic twin is ``training.fit``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from stnkit.commands._common import add_hardware_args, devices, progress_default
+
+NAME = "train"
+HELP = "train a model on distorted MNIST and write a run directory"
+ORDER = 10
+DESCRIPTION = (
+    "Train FCN/CNN/ST-FCN/ST-CNN on a distorted-MNIST variant. The recipe (--recipe/--budget) sets optimiser, "
+    "schedule, batch size and steps; single flags override it. Writes config.json, logs/metrics.csv, "
+    "checkpoints/{last,best}.ckpt and metrics.json into the run directory."
+)
+
+_HW = ("accelerator", "num_nodes", "strategy", "precision", "threads")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this command's arguments to its parser."""
+    from stnkit.models import list_models
+    from stnkit.training import DATASETS, RECIPES
+
+    p.add_argument("--dataset", default="rts", help=f"one of {', '.join(DATASETS)} (default rts)")
+    p.add_argument("--model", default="st-cnn", help=f"one of {', '.join(list_models())} (default st-cnn)")
+    p.add_argument("--transform", default="affine",
+                   help="ST models: affine, projective, tps, attention, similarity, translation (default affine)")
+    p.add_argument("--recipe", "--budget", dest="recipe", default="cpu",
+                   help=f"training recipe: {', '.join(RECIPES)} (default cpu)")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
+    steps.add_argument("--epochs", type=int, help="epochs over the training set instead of --steps")
+    g = p.add_argument_group("recipe overrides")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--optimizer", help="sgd, adam, adamw")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--scheduler", help="none, step, cosine, onecycle")
+    g.add_argument("--loc-lr-scale", type=float, help="learning-rate multiplier of the localisation net")
+    g.add_argument("--eval-every", type=int, help="steps between validations/checkpoints")
+    g.add_argument("--st-downsample", help="output_size or avgpool (ST models on RTS/TC)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    d = p.add_argument_group("data and output")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--data-dir", help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit)")
+    d.add_argument("--out", help="run directory (default runs/<dataset>-<model>[-<transform>]-<recipe>-s<seed>)")
+    d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    d.add_argument("--val-size", type=int, default=5000)
+    d.add_argument("--train-subset", type=int)
+    d.add_argument("--val-subset", type=int)
+    d.add_argument("--test-subset", type=int)
+    d.add_argument("--num-workers", type=int, default=0)
+    d.add_argument("--param-budget", type=int, help="parameter budget of the model widths (default 150000)")
+    d.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    d.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    add_hardware_args(p)
+
+
+def config_from_args(args: argparse.Namespace):
+    """Build the :class:`TrainConfig` of parsed ``train`` arguments (from the run's config.json on --resume)."""
+    from stnkit.models import list_models
+    from stnkit.training import TrainConfig
+
+    if args.model.lower() not in list_models():
+        raise ValueError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
+    from stnkit import transforms
+
+    transforms.get(args.transform)  # unknown names fail here, with the list of known ones
+    kw = {k: getattr(args, k) for k in (
+        "dataset", "model", "transform", "recipe", "steps", "epochs", "batch_size", "optimizer", "lr", "momentum",
+        "weight_decay", "scheduler", "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "seed",
+        "data_dir", "out", "val_size", "train_subset", "val_subset", "test_subset", "num_workers", *_HW)}
+    kw["devices"] = devices(args.devices)
+    kw["progress"] = progress_default() if args.progress is None else args.progress
+    if args.param_budget is not None:
+        kw["param_budget"] = args.param_budget
+    config = TrainConfig(**kw)
+    if not args.resume:
+        config.resolved_recipe()  # validate recipe values now
+        return config
+    saved = config.run_dir() / "config.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"nothing to resume: {saved} does not exist")
+    resumed = TrainConfig.load(saved)
+    for k in ("devices", "progress", "data_dir", *_HW):  # where and how to run may change; what to train may not
+        if k in kw and kw[k] is not None:
+            setattr(resumed, k, kw[k])
+    resumed.out, resumed.resume = str(config.run_dir()), True
+    if args.steps is not None and args.steps != resumed.resolved_recipe().steps:
+        if resumed.resolved_recipe().scheduler in ("cosine", "onecycle"):
+            raise ValueError("--steps cannot change when resuming a run with a cosine/onecycle schedule")
+        resumed.steps = args.steps
+    return resumed
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; returns the exit status."""
+    config = config_from_args(args)
+    r = config.resolved_recipe()
+    print(f"stnkit train: {config.model}{' (' + config.transform + ')' if config.model.startswith('st-') else ''} "
+          f"on {config.dataset.upper()}, recipe {config.recipe}: {r.optimizer} lr {r.lr:g}"
+          f"{f' momentum {r.momentum:g}' if r.optimizer == 'sgd' and r.momentum else ''}, {r.scheduler} schedule, "
+          f"batch {r.batch_size}, {f'{config.epochs} epochs' if config.epochs else f'{r.steps} steps'}, "
+          f"loc lr x{r.loc_lr_scale:g}; run dir {config.run_dir()}")
+    from stnkit.training import fit
+
+    metrics = fit(config, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"test error {metrics['test_err']:.2f} % (val {metrics['val_err']:.2f} %), {metrics['steps']} steps, "
+              f"{metrics['train_s']:.0f} s training, {metrics['params']:,} parameters; "
+              f"{Path(metrics['run_dir']) / 'metrics.json'}")
+    return 0

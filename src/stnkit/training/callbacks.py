@@ -1,0 +1,86 @@
+"""Callbacks of :func:`stnkit.training.fit`: a final validation, a training stopwatch, checkpoint snapshots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+__all__ = ["Snapshots", "Stopwatch", "ValidateAtEnd"]
+
+
+class ValidateAtEnd(pl.Callback):
+    """Validate (and so checkpoint) after the last step even when it is not a multiple of the validation interval."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True  # Lightning then runs the validation loop for this step
+
+
+class Stopwatch(pl.Callback):
+    """Measure training time without validation; logs ``time/train_s`` with every validation."""
+
+    def __init__(self) -> None:
+        self.train_s = 0.0
+        self._start: float | None = None
+        self._offset = 0.0  # training time of the run before a resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_s": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._offset = float(state_dict.get("train_s", 0.0))
+
+    def elapsed(self) -> float:
+        """Return the training seconds so far (validation excluded, earlier runs of a resumed run included)."""
+        running = time.perf_counter() - self._start if self._start is not None else 0.0
+        return self._offset + self.train_s + running
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            self.train_s += time.perf_counter() - self._start
+            self._start = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            pl_module.log("time/train_s", self.elapsed(), sync_dist=False, rank_zero_only=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            self.train_s += time.perf_counter() - self._start
+            self._start = None
+
+
+class Snapshots(pl.Callback):
+    """Keep weights-only snapshots ``history/step-XXXXXXX.ckpt`` at the start and after every validation.
+
+    They are small (no optimizer state) and feed ``stnkit visualize --gif``.
+
+    Args:
+        dirpath: folder of the snapshots.
+    """
+
+    def __init__(self, dirpath: Path) -> None:
+        self.dirpath = Path(dirpath)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.dirpath / f"step-{trainer.global_step:07d}.ckpt", weights_only=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._save(trainer)

@@ -1,0 +1,141 @@
+"""``TrainConfig``: everything that defines a training run, resolved against a named recipe."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from stnkit.models.mnist import DEFAULT_PARAM_BUDGET
+from stnkit.training.recipes import Recipe, get_recipe
+
+__all__ = ["DATASETS", "DOWNSAMPLED_DATASETS", "TrainConfig"]
+
+DATASETS = ("plain", "r", "rts", "p", "e", "tc")
+DOWNSAMPLED_DATASETS = ("rts", "tc")  # the paper halves the transformer's output for these (App. A.4)
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, model, recipe (with per-field overrides), seed, output and hardware.
+
+    Args:
+        dataset: distorted-MNIST variant: ``"plain"``, ``"r"``, ``"rts"``, ``"p"``, ``"e"`` or ``"tc"``.
+        model: registered model name (``"fcn"``, ``"cnn"``, ``"st-fcn"``, ``"st-cnn"``).
+        transform: transform of ST models (``"affine"``, ``"projective"``, ``"tps"``, ...).
+        recipe: recipe name (``"paper"``, ``"cpu"``, ``"demo"``, ``"smoke"``); the fields below marked
+            "override" replace the recipe's value when not None.
+        steps: override: optimiser steps.
+        epochs: train this many epochs instead (converted to steps from the training set size); excludes ``steps``.
+        batch_size: override: training batch size.
+        optimizer: override: ``"sgd"``, ``"adam"``, ``"adamw"``.
+        lr: override: learning rate.
+        momentum: override: SGD momentum.
+        weight_decay: override: weight decay.
+        scheduler: override: ``"none"``, ``"step"``, ``"cosine"``, ``"onecycle"``.
+        loc_lr_scale: override: localisation learning-rate multiplier.
+        eval_every: override: steps between validations and checkpoints.
+        st_downsample: override: ``"output_size"`` or ``"avgpool"``; applied to ST models on RTS and TC only.
+        channels_last: override: channels-last convolutions.
+        seed: seed of the weights, the data split and order, and the training distortions.
+        data_dir: folder with MNIST's IDX files (default ``$STNKIT_DATA``, then the user cache).
+        out: run directory; default ``runs/<dataset>-<model>[-<transform>]-<recipe>-s<seed>``.
+        resume: continue from ``<out>/checkpoints/last.ckpt``.
+        accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``).
+        devices: Lightning devices (an int or ``"auto"``).
+        num_nodes: Lightning nodes.
+        strategy: Lightning strategy (``"auto"``, ``"ddp"``, ...).
+        precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``, ...).
+        threads: torch CPU threads per process; None keeps torch's default (the physical cores).
+        val_size: training images held out for validation.
+        train_subset: train on this many images only (tests).
+        val_subset: validate on this many images only.
+        test_subset: test on this many images only.
+        num_workers: DataLoader workers (generation is batched and fast; 0 is best on small machines).
+        param_budget: parameter budget the model widths are solved for.
+        progress: show a progress bar.
+    """
+
+    dataset: str = "rts"
+    model: str = "st-cnn"
+    transform: str = "affine"
+    recipe: str = "cpu"
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    scheduler: str | None = None
+    loc_lr_scale: float | None = None
+    eval_every: int | None = None
+    st_downsample: str | None = None
+    channels_last: bool | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    out: str | None = None
+    resume: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    threads: int | None = None
+    val_size: int = 5000
+    train_subset: int | None = None
+    val_subset: int | None = None
+    test_subset: int | None = None
+    num_workers: int = 0
+    param_budget: int = DEFAULT_PARAM_BUDGET
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in config.json
+
+    _OVERRIDES = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
+                  "loc_lr_scale", "eval_every", "st_downsample", "channels_last")
+
+    def __post_init__(self) -> None:
+        self.dataset = self.dataset.lower()
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASETS)}")
+        self.model = self.model.lower()
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give either steps or epochs, not both")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer; got {self.epochs}")
+
+    def resolved_recipe(self) -> Recipe:
+        """Return the recipe with this config's overrides applied."""
+        return get_recipe(self.recipe, **{k: getattr(self, k) for k in self._OVERRIDES})
+
+    def st_downsample_for_model(self) -> str:
+        """Return the ST output downsampling actually used: the recipe's on RTS/TC, ``"none"`` elsewhere."""
+        if not self.model.startswith("st-") or self.dataset not in DOWNSAMPLED_DATASETS:
+            return "none"
+        return self.resolved_recipe().st_downsample
+
+    def run_dir(self) -> Path:
+        """Return the run directory."""
+        if self.out:
+            return Path(self.out)
+        parts = [self.dataset, self.model] + ([self.transform] if self.model.startswith("st-") else [])
+        return Path("runs") / "-".join([*parts, self.recipe, f"s{self.seed}"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config plus the resolved recipe (``"resolved"``), JSON-ready."""
+        d = asdict(self)
+        d["resolved"] = self.resolved_recipe().to_dict()
+        d["resolved"]["st_downsample_used"] = self.st_downsample_for_model()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict` output (unknown keys, e.g. ``"resolved"``, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a run's ``config.json``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,156 @@
+"""``STNLitModule``: any model of :mod:`stnkit.models` trained as a classifier with Lightning."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from stnkit import models
+from stnkit.modules import param_groups
+from stnkit.training.errors import NonFiniteLossError
+from stnkit.training.recipes import OPTIMIZERS, SCHEDULERS
+
+__all__ = ["NonFiniteLossError", "STNLitModule"]
+
+
+class STNLitModule(pl.LightningModule):
+    """Classification training of a registered model (cross-entropy; errors logged in %).
+
+    Args:
+        model: registered model name (:func:`stnkit.models.list_models`), e.g. ``"st-cnn"``.
+        transform: transform of ST models (any :func:`stnkit.transforms.get` name); ignored by the baselines.
+        input_size: side S of the (S, S) input images.
+        in_channels: C of the input.
+        num_classes: number of classes.
+        st_downsample: ``"none"``, ``"output_size"`` or ``"avgpool"``: how ST models halve their output.
+        param_budget: parameter budget the models' widths are solved for.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        lr: base (peak) learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        scheduler: ``"none"``, ``"step"``, ``"cosine"`` or ``"onecycle"`` (all stepped per iteration).
+        max_steps: total iterations (length of the cosine and one-cycle schedules).
+        step_size: iterations between decays of the step schedule.
+        gamma: decay factor of the step schedule.
+        pct_start: warm-up fraction of the one-cycle schedule.
+        loc_lr_scale: learning-rate multiplier of the localisation nets.
+        channels_last: convert model and inputs to channels-last memory format.
+
+    Batches are ``(images (N, C, S, S) float, labels (N,) int64)``.
+    """
+
+    def __init__(
+        self,
+        model: str = "st-cnn",
+        transform: str = "affine",
+        input_size: int = 42,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        st_downsample: str = "none",
+        param_budget: int = models.mnist.DEFAULT_PARAM_BUDGET,
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        scheduler: str = "step",
+        max_steps: int = 150_000,
+        step_size: int = 50_000,
+        gamma: float = 0.1,
+        pct_start: float = 0.25,
+        loc_lr_scale: float = 1.0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+        self.model = models.create(model, **_model_kwargs(
+            model, transform=transform, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+            st_downsample=None if st_downsample == "none" else st_downsample, param_budget=param_budget,
+            loc_lr_scale=loc_lr_scale,
+        ))
+        self.channels_last = channels_last
+        self.run_info: dict[str, Any] | None = None  # set by fit(): stored in every checkpoint
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return logits (N, num_classes) for images (N, C, S, S)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def _step(self, batch: Any) -> tuple[Tensor, Tensor, int]:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        err = (logits.argmax(1) != y).float().mean() * 100.0  # % misclassified in this batch
+        return loss, err, y.shape[0]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, err, n = self._step(batch)
+        if not torch.isfinite(loss):  # host sync, once per step: no silent NaN training
+            raise NonFiniteLossError(
+                f"training stopped: non-finite loss ({loss.item()}) at step {self.global_step}; the last good "
+                f"weights are in the run's last checkpoint. Try a lower --lr (now {self.hparams.lr}), a lower "
+                f"--loc-lr-scale (now {self.hparams.loc_lr_scale}) or another --optimizer"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/err", err, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, err, n = self._step(batch)
+        self.log("val/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val/err", err, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, err, n = self._step(batch)
+        self.log("test/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("test/err", err, on_epoch=True, batch_size=n, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_info is not None:  # lets a checkpoint alone be evaluated and visualised
+            from stnkit import __version__
+
+            checkpoint["stnkit"] = {"config": self.run_info, "version": __version__}
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        groups = param_groups(self.model, hp.lr, hp.weight_decay)  # localisation nets at lr * loc_lr_scale
+        if hp.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=hp.lr)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr)
+        if hp.scheduler == "none":
+            return opt
+        if hp.scheduler == "step":
+            sched: Any = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=hp.gamma)
+        elif hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.max_steps)
+        else:
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=[g["lr"] for g in groups], total_steps=hp.max_steps, pct_start=hp.pct_start,
+                cycle_momentum=hp.optimizer == "sgd" and hp.momentum > 0,
+            )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _model_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Keep the keyword arguments the model's factory accepts (baselines take no transform)."""
+    from stnkit.models._registry import _MODELS
+
+    factory = _MODELS.get(name)
+    if factory is None:  # let create() raise its message listing the known names
+        return kwargs
+    accepted = inspect.signature(factory).parameters
+    return {k: v for k, v in kwargs.items() if k in accepted}

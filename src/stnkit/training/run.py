@@ -1,0 +1,287 @@
+"""The one programmatic entry point of training (``fit``) and of scoring checkpoints (``evaluate``).
+
+Every command that trains (``stnkit train``, ``stnkit demo``, the reproductions) calls :func:`fit`; a run directory
+holds ``config.json``, ``logs/metrics.csv``, ``checkpoints/{last,best}.ckpt`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from stnkit.models import count_params
+from stnkit.training.callbacks import Snapshots, Stopwatch, ValidateAtEnd
+from stnkit.training.config import TrainConfig
+from stnkit.training.lit_module import STNLitModule
+
+__all__ = ["evaluate", "fit", "load_checkpoint", "make_datamodule", "resolve_checkpoint", "write_json"]
+
+# Lightning hints that do not apply here: generation is batched in the main process (workers only add copies),
+# resumed epochs skip the batches already done (the data module's sampler), run directories are ours to reuse.
+_QUIET = (
+    ".*does not have many workers.*",
+    ".*is smaller than the logging interval.*",
+    ".*resuming from a checkpoint that ended before the epoch ended.*",
+    ".*Checkpoint directory .* exists and is not empty.*",
+    ".*Experiment logs directory .* exists and is not empty.*",
+    ".*The `srun` command is available.*",
+    ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # Lightning's pytree use under torch >= 2.10
+)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file + rename), so a killed run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if config.resume and not last.exists():
+        raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+    if not config.resume and not overwrite and last.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it (--resume) or choose another --out")
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    if overwrite and not config.resume:
+        for stale in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "metrics.json", "logs/metrics.csv"):
+            (run_dir / stale).unlink(missing_ok=True)
+        for snapshot in (run_dir / "checkpoints" / "history").glob("step-*.ckpt"):
+            snapshot.unlink()
+
+
+def make_datamodule(config: TrainConfig, batch_size: int, eval_batch_size: int = 500) -> pl.LightningDataModule:
+    """Build the distorted-MNIST data module a config describes."""
+    from stnkit.data.datamodule import DistortedMNISTDataModule
+
+    return DistortedMNISTDataModule(
+        dataset=config.dataset, data_dir=config.data_dir, batch_size=batch_size, val_size=config.val_size,
+        seed=config.seed, fresh_train=True, num_workers=config.num_workers, train_subset=config.train_subset,
+        val_subset=config.val_subset, test_subset=config.test_subset, eval_batch_size=eval_batch_size,
+    )
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    datamodule: pl.LightningDataModule | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a model as ``config`` says, write its run directory and return the final metrics.
+
+    Args:
+        config: the run.
+        datamodule: data to use instead of the config's distorted MNIST (needs ``image_size``, ``in_channels``,
+            ``num_classes``).
+        callbacks: extra Lightning callbacks.
+        overwrite: replace an existing run in ``config.run_dir()`` instead of refusing.
+
+    Returns:
+        JSON-ready metrics: ``test_err`` and ``val_err`` (final weights, %), ``best_val_err``, ``steps``,
+        ``train_s`` (training seconds, validation excluded), ``wall_s`` (the whole call), ``params``, the run's
+        identity and ``run_dir``; the same dict is written to ``metrics.json``.
+
+    Raises:
+        ValueError: unknown dataset/model/transform/recipe values.
+        FileNotFoundError: ``resume`` without a checkpoint, or MNIST not found.
+        FileExistsError: the run directory holds a run and neither ``resume`` nor ``overwrite`` is set.
+        PermissionError: the run directory is not writable.
+        NonFiniteLossError: the loss became NaN or infinite.
+    """
+    t0 = time.perf_counter()
+    recipe = config.resolved_recipe()
+    run_dir = config.run_dir()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    dm = datamodule or make_datamodule(config, recipe.batch_size)
+    if config.epochs is not None:  # epochs -> steps, from the training loader's length
+        dm.prepare_data()
+        dm.setup("fit")
+        config = dataclasses.replace(config, steps=config.epochs * len(dm.train_dataloader()), epochs=None,
+                                     extra={**config.extra, "epochs": config.epochs})
+        recipe = config.resolved_recipe()
+    lit = STNLitModule(
+        model=config.model, transform=config.transform, input_size=dm.image_size, in_channels=dm.in_channels,
+        num_classes=dm.num_classes, st_downsample=config.st_downsample_for_model(),
+        param_budget=config.param_budget, optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay, scheduler=recipe.scheduler, max_steps=recipe.steps,
+        step_size=recipe.step_size, gamma=recipe.gamma, pct_start=recipe.pct_start,
+        loc_lr_scale=recipe.loc_lr_scale, channels_last=recipe.channels_last,
+    )
+    if datamodule is None:
+        dm.prepare_data()  # fail fast (missing MNIST) before anything is written
+    _prepare_run_dir(run_dir, config, overwrite)
+    info = config.to_dict()
+    info["params"] = count_params(lit.model)
+    lit.run_info = info
+
+    ckpt_dir = run_dir / "checkpoints"
+    # two checkpoints, both rewritten after validations: "best" (lowest val/err) and "last" (the newest state;
+    # Lightning's own save_last only follows new bests). Lightning writes them atomically (temp file + move).
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/err", mode="min", save_top_k=1,
+                                 auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    stopwatch = Stopwatch()
+    trainer = pl.Trainer(
+        max_steps=recipe.steps, max_epochs=-1, val_check_interval=min(recipe.eval_every, recipe.steps),
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=config.accelerator,
+        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
+        logger=_loggers(run_dir), callbacks=[checkpoint, last, stopwatch, ValidateAtEnd(),
+                                             Snapshots(ckpt_dir / "history"), LearningRateMonitor("step"), *callbacks],
+        enable_progress_bar=config.progress, enable_model_summary=False, log_every_n_steps=10,
+        default_root_dir=run_dir,
+    )
+    if trainer.is_global_zero:
+        write_json(run_dir / "config.json", info)
+    ckpt_path = str(ckpt_dir / "last.ckpt") if config.resume else None
+    with _quiet_lightning():
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        fit_s = time.perf_counter() - t0
+        val_err = _metric(trainer, "val/err")
+        test = trainer.test(lit, datamodule=dm, verbose=False)[0]
+    best = checkpoint.best_model_score
+    metrics = {
+        "dataset": config.dataset, "model": config.model,
+        "transform": config.transform if config.model.startswith("st-") else None,
+        "recipe": config.recipe, "seed": config.seed,
+        "test_err": round(float(test["test/err"]), 4), "test_loss": float(test["test/loss"]),
+        "val_err": val_err, "best_val_err": None if best is None else round(float(best), 4),
+        "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+        "batch_size": recipe.batch_size, "train_s": round(stopwatch.elapsed(), 2), "wall_s": round(fit_s, 2),
+        "params": info["params"], "world_size": trainer.world_size, "run_dir": str(run_dir),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _metric(trainer: pl.Trainer, name: str) -> float | None:
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else round(float(value), 4)
+
+
+def _loggers(run_dir: Path) -> list:
+    loggers: list = [CSVLogger(run_dir, name="logs", version="")]
+    with contextlib.suppress(ImportError, ModuleNotFoundError):  # TensorBoard when installed
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from lightning.pytorch.loggers.tensorboard import _TENSORBOARD_AVAILABLE
+
+        if _TENSORBOARD_AVAILABLE:
+            loggers.append(TensorBoardLogger(run_dir, name="tb", version=""))
+    return loggers
+
+
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """Return the checkpoint file of a run directory (``last`` or ``best``) or ``path`` itself if it is a file.
+
+    Raises:
+        FileNotFoundError: no such file or run.
+    """
+    p = Path(path)
+    if p.is_dir():
+        ckpt = p / "checkpoints" / f"{which}.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{p} has no {which} checkpoint ({ckpt} is missing)")
+        return ckpt
+    if not p.is_file():
+        raise FileNotFoundError(f"no run directory or checkpoint at {p}")
+    return p
+
+
+def load_checkpoint(path: str | Path, which: str = "last") -> tuple[STNLitModule, TrainConfig, dict[str, Any]]:
+    """Load a checkpoint (``weights_only=True``: tensors and plain containers only, no code is unpickled).
+
+    Args:
+        path: a run directory or a ``.ckpt`` file written by :func:`fit`.
+        which: ``"last"`` or ``"best"`` when ``path`` is a run directory.
+
+    Returns:
+        The module with its weights (eval mode, CPU), the run's config, and the raw checkpoint dict.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: the file is not a checkpoint written by stnkit.
+    """
+    ckpt_path = resolve_checkpoint(path, which)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
+        raise ValueError(f"cannot read checkpoint {ckpt_path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "stnkit" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{ckpt_path} is not a checkpoint written by stnkit training")
+    lit = STNLitModule(**ckpt["hyper_parameters"])
+    lit.load_state_dict(ckpt["state_dict"])
+    lit.eval()
+    return lit, TrainConfig.from_dict(ckpt["stnkit"]["config"]), ckpt
+
+
+def evaluate(
+    path: str | Path,
+    *,
+    which: str = "last",
+    data_dir: str | None = None,
+    test_subset: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    progress: bool = False,
+    datamodule: pl.LightningDataModule | None = None,
+) -> dict[str, Any]:
+    """Score a checkpoint on its dataset's test set.
+
+    Args:
+        path: run directory or checkpoint file.
+        which: ``"last"`` or ``"best"`` for a run directory.
+        data_dir: MNIST folder (default: the run's, then the usual search).
+        test_subset: score only this many test images.
+        accelerator: Lightning accelerator.
+        devices: Lightning devices.
+        progress: show a progress bar.
+        datamodule: data to use instead of the run's.
+
+    Returns:
+        ``{"test_err": %, "test_loss", "steps", "checkpoint", "dataset", "model", "transform"}``.
+    """
+    lit, config, ckpt = load_checkpoint(path, which)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    config.test_subset = test_subset if test_subset is not None else config.test_subset
+    dm = datamodule or make_datamodule(config, batch_size=500)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_progress_bar=progress,
+                         enable_model_summary=False)
+    with _quiet_lightning():
+        test = trainer.test(lit, datamodule=dm, verbose=False)[0]
+    return {
+        "test_err": round(float(test["test/err"]), 4), "test_loss": float(test["test/loss"]),
+        "steps": int(ckpt.get("global_step", 0)), "checkpoint": str(resolve_checkpoint(path, which)),
+        "dataset": config.dataset, "model": config.model,
+        "transform": config.transform if config.model.startswith("st-") else None,
+    }
