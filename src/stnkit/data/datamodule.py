@@ -140,6 +140,8 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Training loader: order and distortions are functions of (seed, epoch); resumes skip done batches."""
+        if self.train_set is None:
+            raise RuntimeError("call setup() before requesting dataloaders")
         sampler = EpochSampler(self.train_set, shuffle=True, seed=self.seed, start=self._batches_done)
         trainer = self.trainer
         sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)  # before workers copy the dataset

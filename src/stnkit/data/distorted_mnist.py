@@ -1,19 +1,22 @@
 """Distorted MNIST as a torch ``Dataset`` that generates whole batches with one warp, plus an epoch-aware sampler.
 
 Distortions are generated on the fly from in-memory uint8 digits (no per-sample Python loop): the DataLoader's
-batched fetch (``__getitems__``) or :meth:`DistortedMNIST.get_batch` distorts a batch in one call of
-:func:`~stnkit.data.distortions.distort`. Every sample is a pure function of (seed, split, MNIST index, epoch):
-a sample regenerated alone equals its row inside any batch, so shuffling, workers and resumes never change data.
+batched fetch (``__getitems__``) or :meth:`DistortedMNIST.get_batch` distorts a whole batch with one call of
+:func:`~stnkit.data.distortions.sample_params` and one of :func:`~stnkit.data.distortions.render` (one warp).
+Every sample is a pure function of (seed, split, MNIST index, epoch): a sample regenerated alone equals its row
+inside any batch, so shuffling, workers and resumes never change the data.
 
-Measured generation rate, one process, ``torch.set_num_threads(1)``, batch 256, on the project's shared 2-core
-CPU machine (best of several runs, while other jobs ran): see ``_RATES`` below and ``benchmarks/``-free
-:func:`measure_rate` to rerun it.
+Measured generation rate (:func:`measure_rate`; one process, ``torch.set_num_threads(1)``, best batch of 30, on
+the project's shared 2-core CPU machine, thousands of samples/s at batch 256 / 1024): plain 75 / 134, R 68 / 78,
+RTS 65 / 75, P 42 / 43, E 24 / 26, TC 33 / 27 -- at least 5x what a CNN trains on here (2-5k samples/s). The
+warp (grid + sampler) is most of the cost; E is bound by the TPS grid's broadcast matmul. Prefer one intra-op
+thread on a busy machine: two threads fighting other processes were 2-5x *slower* in the same measurement.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 
 import torch
 from torch import Tensor
@@ -187,7 +190,9 @@ class EpochSampler(Sampler[int]):
         (True, True)
     """
 
-    def __init__(self, dataset, shuffle: bool = True, seed: int = 0, start=None) -> None:
+    def __init__(
+        self, dataset: Sized, shuffle: bool = True, seed: int = 0, start: Callable[[], int] | None = None
+    ) -> None:
         self.dataset = dataset
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -197,8 +202,9 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the order and of the dataset's distortions."""
         self.epoch = int(epoch)
-        if callable(getattr(self.dataset, "set_epoch", None)):
-            self.dataset.set_epoch(self.epoch)
+        set_dataset_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_dataset_epoch):
+            set_dataset_epoch(self.epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -212,9 +218,6 @@ class EpochSampler(Sampler[int]):
             order = torch.arange(n)
         skip = int(self.start()) if self.start is not None else 0
         yield from order[skip:].tolist()
-
-
-_RATES = {}  # filled in by hand from measure_rate(); see the module docstring
 
 
 def measure_rate(images: Tensor, distortion: str | DistortionConfig, batch_size: int = 256, repeats: int = 20

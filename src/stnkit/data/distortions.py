@@ -30,7 +30,7 @@ from torch import Tensor
 
 from stnkit.data import rng
 from stnkit.sampling import warp
-from stnkit.transforms import ThinPlateSpline, homography_from_points, regular_control_points
+from stnkit.transforms import Affine, Projective, ThinPlateSpline, homography_from_points, regular_control_points
 
 __all__ = ["KINDS", "PRESETS", "DistortedBatch", "DistortionConfig", "distort", "distortion_config", "ink_boxes",
            "render", "sample_params"]
@@ -261,6 +261,9 @@ def sample_params(
     return params
 
 
+_MATRIX_TRANSFORMS = {"affine": Affine(), "projective": Projective()}  # stateless: built once, not per batch
+
+
 @functools.lru_cache(maxsize=8)
 def _tps(grid: int, extent: float, canvas: int) -> ThinPlateSpline:
     """Return the TPS transform whose control points span +-extent pixels of a canvas (normalised frame)."""
@@ -341,7 +344,7 @@ def render(
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     theta = _theta(config, params, (h, w))
     transform = _tps(config.tps_grid, config.tps_extent, config.canvas_size) if config.transform == "tps" \
-        else config.transform
+        else _MATRIX_TRANSFORMS[config.transform]
     s = config.canvas_size
     canvas = warp(x, theta, transform, (s, s), mode=config.mode).clamp_(0.0, 1.0)  # (N, 1, S, S)
     boxes = ink_boxes(canvas[:, 0]) if with_boxes else None

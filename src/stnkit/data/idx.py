@@ -56,7 +56,7 @@ MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 
-_IDX_DTYPES = {  # IDX type byte -> big-endian numpy dtype
+_IDX_DTYPES: dict[int, np.dtype] = {  # IDX type byte -> big-endian numpy dtype
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -117,9 +117,10 @@ def read_idx(path: str | os.PathLike) -> Tensor:
 
     Example:
         >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "tiny-idx1-ubyte"
-        >>> _ = p.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
-        >>> read_idx(p)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "tiny-idx1-ubyte"
+        ...     _ = path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))  # magic, count 3, data
+        ...     print(read_idx(path))
         tensor([7, 8, 9], dtype=torch.uint8)
     """
     path = Path(path)
