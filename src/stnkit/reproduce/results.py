@@ -1,0 +1,108 @@
+"""Resumable per-cell result files, provenance and markdown helpers shared by every reproduction.
+
+A reproduction is a set of *cells* (one trained/evaluated configuration each). Each finished cell writes
+``<out>/cells/<key>/result.json`` atomically; a rerun skips cells whose result exists and resumes the others from
+their last checkpoint, so a table can be filled over several background runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import stnkit
+
+__all__ = ["CellStore", "atomic_write_text", "fmt", "markdown_table", "provenance"]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def provenance() -> dict[str, Any]:
+    """Return ``{"version", "commit"}``: stnkit's version and the git commit of its checkout.
+
+    The commit is ``"unknown"`` outside a git checkout and ends in ``+dirty`` when the package's tracked source
+    files differ from it (result files written beside it do not count).
+    """
+    commit = "unknown"
+    src = Path(stnkit.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=src,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        if dirty:
+            commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": stnkit.__version__, "commit": commit}
+
+
+class CellStore:
+    """Result files of one reproduction: ``<root>/cells/<key>/result.json``, plus each cell's run folder.
+
+    Args:
+        root: the reproduction's output folder (e.g. ``results/table1``).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def cell_dir(self, key: str) -> Path:
+        """Folder of one cell (its training runs live below it)."""
+        return self.root / "cells" / key
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """Return a finished cell's result, or None when the cell has not finished."""
+        path = self.cell_dir(key) / "result.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"corrupt result file {path}: {err}; delete it to rerun that cell") from None
+
+    def save(self, key: str, result: dict[str, Any]) -> None:
+        """Write a finished cell's result atomically."""
+        atomic_write_text(self.cell_dir(key) / "result.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+    def finished(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Return ``{key: result}`` for the finished cells among ``keys``."""
+        out = {}
+        for key in keys:
+            res = self.load(key)
+            if res is not None:
+                out[key] = res
+        return out
+
+
+def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    """Format a number for a table cell (``—`` for missing)."""
+    if value is None:
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Render a GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

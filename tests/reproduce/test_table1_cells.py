@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from stnkit.reproduce import table1
+from stnkit.reproduce.results import CellStore, atomic_write_text
+
+
+class TestCells:
+    def test_36_cells(self):
+        cells = table1.all_cells()
+        assert len(cells) == 36
+        assert len({c.key for c in cells}) == 36
+        tc = [c for c in cells if c.dataset == "tc"]
+        assert [(c.model, c.transform) for c in tc] == [("fcn", None), ("cnn", None), ("st-fcn", "affine"),
+                                                         ("st-cnn", "affine")]
+        assert all(c.paper is not None for c in cells)
+
+    @pytest.mark.parametrize(("spec", "n"), [(["rts"], 8), (["*:st-cnn"], 13), (["rts:st-cnn:affine"], 1),
+                                             (["tc:cnn", "rts:cnn", "tc:cnn"], 2), (["*:cnn:none"], 5)])
+    def test_select(self, spec, n):
+        assert len(table1.select_cells(spec)) == n
+
+    def test_select_errors(self):
+        with pytest.raises(ValueError, match="matches no Table 1 cell"):
+            table1.select_cells(["rts:st-cnn:similarity"])
+        with pytest.raises(ValueError, match="dataset\\[:model\\[:transform\\]\\]"):
+            table1.select_cells(["a:b:c:d"])
+
+
+def fake_result(cell, error):
+    return {"model": cell.model, "transform": cell.transform, "dataset": cell.dataset, "error": error,
+            "errors": [error], "seeds": 1, "iterations": 10, "wall_s": 1.0, "params": 100, "budget": "smoke",
+            "recipe": "smoke", "paper": cell.paper, "version": "0", "commit": "abc"}
+
+
+class TestOutputs:
+    def test_markdown_and_ordering(self, tmp_path):
+        store = CellStore(tmp_path)
+        rts = {c.model + str(c.transform): c for c in table1.select_cells(["rts"])}
+        store.save(rts["cnnNone"].key, fake_result(rts["cnnNone"], 1.0))
+        store.save(rts["st-cnnaffine"].key, fake_result(rts["st-cnnaffine"], 0.6))
+        store.save(rts["st-cnnprojective"].key, fake_result(rts["st-cnnprojective"], 1.2))
+        table = table1.write_outputs(tmp_path, "smoke", figures=False)
+        assert len(table["cells"]) == 3
+        saved = json.loads((tmp_path / "table1.json").read_text())
+        assert saved["budget"] == "smoke" and {c["error"] for c in saved["cells"]} == {1.0, 0.6, 1.2}
+        md = (tmp_path / "table1.md").read_text()
+        assert "**0.60** / 0.5 (+0.10)" in md
+        assert "not run / 5.2" in md  # FCN RTS
+        assert "RTS: every ST-CNN beats CNN (1.00): does NOT hold (Aff 0.60, Proj 1.20; incomplete)" in md
+        assert "Cells finished: 3 of 36" in md
+
+    def test_budget_mismatch_refused(self, tmp_path):
+        atomic_write_text(tmp_path / "budget.json", json.dumps({"budget": "cpu"}))
+        with pytest.raises(ValueError, match="holds results of the 'cpu' budget"):
+            table1.run(tmp_path, budget="smoke", cells=["rts:cnn"])
+
+    def test_corrupt_result_named(self, tmp_path):
+        store = CellStore(tmp_path)
+        atomic_write_text(store.cell_dir("rts-cnn") / "result.json", "{not json")
+        with pytest.raises(ValueError, match="corrupt result file .*rts-cnn.*delete it"):
+            store.load("rts-cnn")
