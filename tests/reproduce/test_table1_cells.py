@@ -44,7 +44,8 @@ class TestOutputs:
         table = table1.write_outputs(tmp_path, "smoke", figures=False)
         assert len(table["cells"]) == 3
         saved = json.loads((tmp_path / "table1.json").read_text())
-        assert saved["budget"] == "smoke" and {c["error"] for c in saved["cells"]} == {1.0, 0.6, 1.2}
+        assert saved["budget"] == "smoke"
+        assert {c["error"] for c in saved["cells"]} == {1.0, 0.6, 1.2}
         md = (tmp_path / "table1.md").read_text()
         assert "**0.60** / 0.5 (+0.10)" in md
         assert "not run / 5.2" in md  # FCN RTS

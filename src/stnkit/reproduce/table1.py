@@ -171,11 +171,11 @@ def run(
             log(f"[{i}/{len(chosen)}] {cell.key} seed {seed}: training ({budget} budget)")
             results.append(_train_seed(cell, seed, store.cell_dir(cell.key) / f"s{seed}", budget, data_dir,
                                        progress, overrides or {}))
-        errors = [float(r["test_error"]) for r in results]
+        errors = [float(r["test_err"]) for r in results]
         result = {
             "model": cell.model, "transform": cell.transform, "dataset": cell.dataset,
             "error": statistics.fmean(errors), "errors": errors, "seeds": n_seeds,
-            "iterations": int(results[0]["iterations"]), "wall_s": round(sum(float(r["wall_s"]) for r in results), 1),
+            "iterations": int(results[0]["steps"]), "wall_s": round(sum(float(r["wall_s"]) for r in results), 1),
             "params": int(results[0]["params"]), "budget": budget, "recipe": results[0].get("recipe"),
             "paper": cell.paper, **provenance(),
         }

@@ -1,0 +1,92 @@
+"""Figures of the reproductions (matplotlib, imported lazily): what each transformer learned, per distortion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["table1_figures", "transformer_rows"]
+
+
+def transformer_rows(rows: Sequence[tuple[str, Any]], images: torch.Tensor, title: str) -> Any:
+    """Draw one row per model: each test input with its attended region, beside the transformer's output.
+
+    Args:
+        rows: ``(label, model)`` pairs; each model has ``transformer`` and ``transform(x) -> (warped, params)``.
+        images: the same test inputs for every row, shape (N, C, H, W) in [0, 1].
+        title: figure title.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    from stnkit.grid import denormalize_points
+    from stnkit.viz import _imshow, attended_region
+
+    n = images.shape[0]
+    h, w = images.shape[2:]
+    fig = Figure(figsize=(1.5 * 2 * n, 1.6 * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), 2 * n, squeeze=False)
+    for r, (label, model) in enumerate(rows):
+        model.eval()
+        with torch.no_grad():
+            warped, params = model.transform(images)
+        st = model.transformer
+        region = attended_region(st.transform, params.float(), (h, w), align_corners=st.align_corners)
+        for i in range(n):
+            ax_in, ax_out = axes[r, 2 * i], axes[r, 2 * i + 1]
+            _imshow(ax_in, images[i])
+            ax_in.plot(region[i, :, 0], region[i, :, 1], color="tab:red", lw=1.0)
+            if st.transform.name == "tps":
+                cp = denormalize_points(params[i].reshape(-1, 2).float(), (h, w), st.align_corners)
+                ax_in.scatter(cp[:, 0], cp[:, 1], s=4, color="tab:orange", zorder=3)
+            ax_in.set_xlim(-0.5, w - 0.5)
+            ax_in.set_ylim(h - 0.5, -0.5)
+            _imshow(ax_out, warped[i])
+            for ax in (ax_in, ax_out):
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def table1_figures(out: str | Path, cells: Sequence[Any], n: int = 6) -> list[Path]:
+    """Write ``fig_<dataset>.png`` per distortion: the finished ST cells' transformers on the same test digits.
+
+    Args:
+        out: the Table 1 output folder (cells under ``cells/<key>/s0``).
+        cells: finished :class:`~stnkit.reproduce.table1.Cell` objects.
+        n: test digits per row.
+
+    Returns:
+        The written paths.
+    """
+    from stnkit.training import load_checkpoint
+    from stnkit.viz import _test_images
+
+    out = Path(out)
+    written = []
+    for dataset in dict.fromkeys(c.dataset for c in cells):
+        st_cells = [c for c in cells if c.dataset == dataset and c.model.startswith("st-")]
+        rows, images = [], None
+        for c in st_cells:
+            run_dir = out / "cells" / c.key / "s0"
+            if not (run_dir / "checkpoints" / "last.ckpt").exists():
+                continue
+            lit, config, _ = load_checkpoint(run_dir)
+            if images is None:
+                images, _labels = _test_images(config, n, None)
+            rows.append((f"{c.model.upper()} {c.transform}", lit.model))
+        if not rows:
+            continue
+        fig = transformer_rows(rows, images, f"{dataset.upper()}: test inputs with the attended region (red; TPS "
+                               "control points orange) and the transformer's output")
+        path = out / f"fig_{dataset}.png"
+        fig.savefig(path, dpi=90)
+        written.append(path)
+    return written
