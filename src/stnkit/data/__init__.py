@@ -1,12 +1,15 @@
 """Data: the MNIST IDX reader/downloader, the distorted-MNIST generators and datasets, and a Lightning module.
 
-``import stnkit.data`` loads torch only; :class:`DistortedMNISTDataModule` (Lightning) is imported on first use.
+``import stnkit.data`` loads torch only; the Lightning data modules (:class:`DistortedMNISTDataModule`,
+``AdditionDataModule``, ``MNIST3DDataModule``, ``build_datamodule``) are imported on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from stnkit.data.addition import AdditionMNIST
+from stnkit.data.coloc import ColocSet, make_coloc_set
 from stnkit.data.distorted_mnist import (
     KINDS,
     PRESETS,
@@ -22,19 +25,31 @@ from stnkit.data.distorted_mnist import (
     sample_params,
 )
 from stnkit.data.idx import DataError, cache_dir, download_mnist, find_mnist, load_mnist, read_idx
+from stnkit.data.mnist3d import MNIST3D
 
 if TYPE_CHECKING:
-    from stnkit.data.datamodule import DistortedMNISTDataModule
+    from stnkit.data.datamodule import (
+        AdditionDataModule,
+        DistortedMNISTDataModule,
+        MNIST3DDataModule,
+        build_datamodule,
+    )
 
 __all__ = [
     "KINDS",
+    "MNIST3D",
     "PRESETS",
+    "AdditionDataModule",
+    "AdditionMNIST",
+    "ColocSet",
     "DataError",
     "DistortedBatch",
     "DistortedMNIST",
     "DistortedMNISTDataModule",
     "DistortionConfig",
     "EpochSampler",
+    "MNIST3DDataModule",
+    "build_datamodule",
     "cache_dir",
     "distort",
     "distortion_config",
@@ -42,6 +57,7 @@ __all__ = [
     "find_mnist",
     "ink_boxes",
     "load_mnist",
+    "make_coloc_set",
     "measure_rate",
     "read_idx",
     "render",
@@ -49,9 +65,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DistortedMNISTDataModule":  # lazy: Lightning is imported only when the data module is used
-        from stnkit.data.datamodule import DistortedMNISTDataModule
+_LAZY = ("AdditionDataModule", "DistortedMNISTDataModule", "MNIST3DDataModule", "build_datamodule")
 
-        return DistortedMNISTDataModule
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:  # lazy: Lightning is imported only when a data module is used
+        from stnkit.data import datamodule
+
+        return getattr(datamodule, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

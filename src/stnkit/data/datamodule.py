@@ -1,4 +1,8 @@
-"""Lightning data module for distorted MNIST: resolve/download in ``prepare_data``, load and split in ``setup``."""
+"""Lightning data modules: distorted MNIST, and the same module over the addition and 3-D datasets.
+
+MNIST is resolved/downloaded in ``prepare_data`` and loaded and split in ``setup``; :func:`build_datamodule`
+resolves a dataset name to its module.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from stnkit.data.addition import AdditionMNIST
 from stnkit.data.distorted_mnist import DistortedMNIST, EpochSampler, distortion_config
 from stnkit.data.idx import find_mnist, load_mnist
+from stnkit.data.mnist3d import MNIST3D
 
-__all__ = ["DistortedMNISTDataModule"]
+__all__ = ["DATAMODULES", "AdditionDataModule", "DistortedMNISTDataModule", "MNIST3DDataModule", "build_datamodule"]
 
 
 class DistortedMNISTDataModule(pl.LightningDataModule):
@@ -46,6 +52,8 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
         >>> dm.image_size, dm.in_channels, dm.num_classes
         (42, 1, 10)
     """
+
+    dataset_cls: type[DistortedMNIST] = DistortedMNIST  # subclasses swap in datasets with the same constructor
 
     def __init__(
         self,
@@ -118,12 +126,16 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
         test_ids = torch.arange(test_images.shape[0])[: self.test_subset]
 
         def make(images, labels, ids, split, seed, fresh):
-            return DistortedMNIST(images[ids], labels[ids], self.config, seed=seed, split=split, fresh=fresh,
-                                  ids=ids, clutter_pool=train_images)
+            return self.dataset_cls(images[ids], labels[ids], self.config, seed=seed, split=split, fresh=fresh,
+                                    ids=ids, clutter_pool=train_images, **self._dataset_kwargs())
 
         self.train_set = make(train_images, train_labels, train_ids, "train", self.seed, self.fresh_train)
         self.val_set = make(train_images, train_labels, val_ids, "val", self.seed, False)
         self.test_set = make(test_images, test_labels, test_ids, "test", self.test_seed, False)
+
+    def _dataset_kwargs(self) -> dict[str, Any]:
+        """Extra constructor arguments of ``dataset_cls`` (none for distorted MNIST)."""
+        return {}
 
     def _batches_done(self) -> int:
         """Samples of the current epoch already trained on (non-zero only when resuming mid-epoch)."""
@@ -154,3 +166,85 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test loader, fixed order and distortions."""
         return self._loader(self.test_set, self.eval_batch_size)
+
+
+class AdditionDataModule(DistortedMNISTDataModule):
+    """MNIST addition (App. A.1): (N, 2, 42, 42) images of two RTS-distorted digits, labels their sum (19 classes).
+
+    Takes :class:`DistortedMNISTDataModule`'s arguments; ``dataset`` is the distortion of each channel (the
+    paper's ``"rts"``). See :class:`~stnkit.data.addition.AdditionMNIST`.
+
+    Example:
+        >>> dm = AdditionDataModule(batch_size=64)
+        >>> dm.image_size, dm.in_channels, dm.num_classes
+        (42, 2, 19)
+    """
+
+    dataset_cls = AdditionMNIST
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels (2: one digit each)."""
+        return 2
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (19 sums, 0-18)."""
+        return 19
+
+
+class MNIST3DDataModule(DistortedMNISTDataModule):
+    """3-D MNIST (App. A.3): (N, 1, V, V, V) volumes of extruded digits at random 3-D poses.
+
+    Args:
+        dataset: 2-D distortion applied before extrusion (default ``"plain"``: none).
+        volume_size: V.
+        thickness: slab depth in voxels.
+        rotation: maximal absolute angles (degrees) about x, y and z.
+        **kwargs: the other arguments of :class:`DistortedMNISTDataModule`.
+
+    Example:
+        >>> dm = MNIST3DDataModule(batch_size=32)
+        >>> dm.image_size, dm.in_channels, dm.num_classes
+        (60, 1, 10)
+    """
+
+    dataset_cls = MNIST3D
+
+    def __init__(self, dataset: str = "plain", volume_size: int = 60, thickness: int = 4,
+                 rotation: tuple[float, float, float] = (60.0, 60.0, 45.0), **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.volume_size, self.thickness, self.rotation = int(volume_size), int(thickness), tuple(rotation)
+
+    @property
+    def image_size(self) -> int:
+        """V, the side of the (V, V, V) volumes."""
+        return self.volume_size
+
+    def _dataset_kwargs(self) -> dict[str, Any]:
+        return {"volume_size": self.volume_size, "thickness": self.thickness, "rotation": self.rotation}
+
+
+#: Dataset names beyond the distortion presets: name -> (data module class, its ``dataset`` argument).
+DATAMODULES: dict[str, tuple[type[DistortedMNISTDataModule], str]] = {
+    "addition": (AdditionDataModule, "rts"),
+    "mnist3d": (MNIST3DDataModule, "plain"),
+}
+
+
+def build_datamodule(dataset: str, **kwargs: Any) -> DistortedMNISTDataModule:
+    """Build the data module of a dataset name.
+
+    Names: a distortion preset (``"rts"``, ``"tc"``, ...) or one of :data:`DATAMODULES` (``"addition"``,
+    ``"mnist3d"``).
+
+    Args:
+        dataset: the name.
+        **kwargs: the data module's other arguments (``batch_size``, ``data_dir``, ``distortion``, ...).
+
+    Example:
+        >>> build_datamodule("addition", batch_size=8).in_channels
+        2
+    """
+    cls, preset = DATAMODULES.get(dataset, (DistortedMNISTDataModule, dataset))
+    return cls(preset, **kwargs)

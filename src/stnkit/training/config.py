@@ -12,8 +12,9 @@ from stnkit.training.recipes import Recipe, get_recipe
 
 __all__ = ["DATASETS", "DOWNSAMPLED_DATASETS", "TrainConfig"]
 
-DATASETS = ("plain", "r", "rts", "p", "e", "tc")
-DOWNSAMPLED_DATASETS = ("rts", "tc")  # the paper halves the transformer's output for these (App. A.4)
+DATASETS = ("plain", "r", "rts", "p", "e", "tc", "addition", "mnist3d")
+# the paper halves the transformer's output for RTS and TC (App. A.4); addition's channels are RTS digits too
+DOWNSAMPLED_DATASETS = ("rts", "tc", "addition")
 
 
 @dataclass
@@ -21,7 +22,9 @@ class TrainConfig:
     """A training run: data, model, recipe (with per-field overrides), seed, output and hardware.
 
     Args:
-        dataset: distorted-MNIST variant: ``"plain"``, ``"r"``, ``"rts"``, ``"p"``, ``"e"`` or ``"tc"``.
+        dataset: distorted-MNIST variant: ``"plain"``, ``"r"``, ``"rts"``, ``"p"``, ``"e"`` or ``"tc"``; or
+            ``"addition"`` (two RTS digits, their sum) or ``"mnist3d"`` (posed 3-D slabs), see
+            :func:`stnkit.data.build_datamodule`.
         model: registered model name (``"fcn"``, ``"cnn"``, ``"st-fcn"``, ``"st-cnn"``).
         transform: transform of ST models (``"affine"``, ``"projective"``, ``"tps"``, ...).
         recipe: recipe name (``"paper"``, ``"cpu"``, ``"demo"``, ``"smoke"``); the fields below marked
@@ -55,6 +58,8 @@ class TrainConfig:
         num_workers: DataLoader workers (generation is batched and fast; 0 is best on small machines).
         param_budget: parameter budget the model widths are solved for.
         progress: show a progress bar.
+        distortion: overrides of the dataset's distortion preset fields, e.g. ``{"canvas_size": 120}``.
+        model_kwargs: extra keyword arguments of the model's factory, e.g. ``{"crop": 30}``.
     """
 
     dataset: str = "rts"
@@ -91,6 +96,8 @@ class TrainConfig:
     param_budget: int = DEFAULT_PARAM_BUDGET
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in config.json
+    distortion: dict[str, Any] | None = None
+    model_kwargs: dict[str, Any] | None = None
 
     _OVERRIDES = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
                   "loc_lr_scale", "eval_every", "st_downsample", "channels_last")

@@ -40,6 +40,8 @@ class STNLitModule(pl.LightningModule):
         pct_start: warm-up fraction of the one-cycle schedule.
         loc_lr_scale: learning-rate multiplier of the localisation nets.
         channels_last: convert model and inputs to channels-last memory format.
+        model_kwargs: extra keyword arguments of the model's factory (override the ones above), e.g.
+            ``{"crop": 30}``.
 
     Batches are ``(images (N, C, S, S) float, labels (N,) int64)``.
     """
@@ -64,6 +66,7 @@ class STNLitModule(pl.LightningModule):
         pct_start: float = 0.25,
         loc_lr_scale: float = 1.0,
         channels_last: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,7 +78,7 @@ class STNLitModule(pl.LightningModule):
             model, transform=transform, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
             st_downsample=None if st_downsample == "none" else st_downsample, param_budget=param_budget,
             loc_lr_scale=loc_lr_scale,
-        ))
+        ), **(model_kwargs or {}))
         self.channels_last = channels_last
         self.run_info: dict[str, Any] | None = None  # set by fit(): stored in every checkpoint
         if channels_last:

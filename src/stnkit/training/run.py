@@ -77,13 +77,14 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> Non
 
 
 def make_datamodule(config: TrainConfig, batch_size: int, eval_batch_size: int = 500) -> pl.LightningDataModule:
-    """Build the distorted-MNIST data module a config describes."""
-    from stnkit.data.datamodule import DistortedMNISTDataModule
+    """Build the data module a config describes (distorted MNIST, addition or 3-D MNIST)."""
+    from stnkit.data.datamodule import build_datamodule
 
-    return DistortedMNISTDataModule(
-        dataset=config.dataset, data_dir=config.data_dir, batch_size=batch_size, val_size=config.val_size,
+    return build_datamodule(
+        config.dataset, data_dir=config.data_dir, batch_size=batch_size, val_size=config.val_size,
         seed=config.seed, fresh_train=True, num_workers=config.num_workers, train_subset=config.train_subset,
         val_subset=config.val_subset, test_subset=config.test_subset, eval_batch_size=eval_batch_size,
+        distortion=config.distortion,
     )
 
 
@@ -134,7 +135,7 @@ def fit(
         param_budget=config.param_budget, optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
         weight_decay=recipe.weight_decay, scheduler=recipe.scheduler, max_steps=recipe.steps,
         step_size=recipe.step_size, gamma=recipe.gamma, pct_start=recipe.pct_start,
-        loc_lr_scale=recipe.loc_lr_scale, channels_last=recipe.channels_last,
+        loc_lr_scale=recipe.loc_lr_scale, channels_last=recipe.channels_last, model_kwargs=config.model_kwargs,
     )
     if datamodule is None:
         dm.prepare_data()  # fail fast (missing MNIST) before anything is written
