@@ -32,9 +32,10 @@ class TestBuildDatamodule:
 
 
 class TestFitExperimentDatasets:
-    def test_addition_with_model_kwargs(self, tiny_config, tmp_path):
-        m = fit(tiny_config(dataset="addition", model="fcn", model_kwargs={"hidden": [12, 10]}, steps=3,
-                            eval_every=3))
+    def test_addition_with_model_kwargs(self, mnist_dir, tmp_path):
+        m = fit(TrainConfig(dataset="addition", model="fcn", model_kwargs={"hidden": [12, 10]}, recipe="smoke",
+                            steps=3, eval_every=3, data_dir=str(mnist_dir), out=str(tmp_path / "run"),
+                            train_subset=200, val_subset=32, test_subset=48, progress=False, accelerator="cpu"))
         assert m["dataset"] == "addition"
         lit, cfg, _ = load_checkpoint(tmp_path / "run")
         assert lit.model.input_shape == (2, 42, 42)
