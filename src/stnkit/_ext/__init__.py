@@ -1,0 +1,84 @@
+"""Optional C++ kernels, built lazily with ``torch.utils.cpp_extension.load`` on first use (never at import).
+
+``load()`` returns the compiled module, or None when it cannot be built (no compiler, a build error) or is
+disabled with the environment variable ``STNKIT_DISABLE_EXT=1``; callers then use the pure-PyTorch path. The
+build is cached in ``$STNKIT_EXT_DIR`` (default ``~/.cache/stnkit/ext``) per torch and Python version, so later
+processes only load it (well under a second). A failed build is remembered for the process and logged at
+DEBUG level, never raised or warned (the result is the same either way, only slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+__all__ = ["build_error", "load"]
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "module" or "error", set once per process
+
+
+def _build_dir() -> Path:
+    root = Path(os.environ.get("STNKIT_EXT_DIR", Path.home() / ".cache" / "stnkit" / "ext"))
+    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}".replace("+", "_").replace(".", "")
+    return root / tag
+
+
+def _variant() -> tuple[str, list[str]]:
+    """Return the module name and compiler flags for this CPU.
+
+    ``-fopenmp`` makes ``at::parallel_for`` use torch's OpenMP threads (the symbols resolve to the libgomp torch
+    already loaded); ``-fno-trapping-math`` lets GCC vectorise ``floor``. AVX2 + FMA (gathers) when torch itself
+    dispatches to AVX2 or AVX-512 kernels on this CPU, the compiler's baseline otherwise.
+    """
+    flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    capability = ""
+    with contextlib.suppress(Exception):
+        capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() in ("x86_64", "amd64") and capability in ("AVX2", "AVX512"):
+        return "stnkit_warp_avx2", [*flags, "-mavx2", "-mfma"]
+    return "stnkit_warp", flags
+
+
+def load(verbose: bool = False) -> ModuleType | None:
+    """Return the compiled ``stnkit_warp`` extension, building it on the first call; None if unavailable."""
+    if "module" in _state:
+        return _state["module"]  # type: ignore[return-value]
+    if "error" in _state:
+        return None
+    if os.environ.get("STNKIT_DISABLE_EXT", "") not in ("", "0"):
+        _state["error"] = "disabled by STNKIT_DISABLE_EXT"
+        return None
+    with _lock:
+        if "module" in _state or "error" in _state:
+            return _state.get("module")  # type: ignore[return-value]
+        try:
+            from torch.utils import cpp_extension  # heavy import, only when the extension is wanted
+
+            name, flags = _variant()
+            build = _build_dir() / name
+            build.mkdir(parents=True, exist_ok=True)
+            src = Path(__file__).with_name("warp.cpp")
+            module = cpp_extension.load(
+                name=name, sources=[str(src)], build_directory=str(build), extra_cflags=flags, verbose=verbose
+            )
+        except Exception as exc:  # noqa: BLE001 - any build/load failure means "use the PyTorch path"
+            _state["error"] = f"{type(exc).__name__}: {exc}"
+            _log.debug("stnkit C++ extension unavailable, using the PyTorch path: %s", _state["error"])
+            return None
+        _state["module"] = module
+        return module
+
+
+def build_error() -> str | None:
+    """Return why the extension is unavailable (None if it loaded or was never requested)."""
+    return _state.get("error")  # type: ignore[return-value]
