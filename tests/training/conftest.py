@@ -1,0 +1,33 @@
+"""Tiny real-MNIST runs shared by the training tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stnkit.training import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # fit(threads=1) sets the process-wide thread count; tiny models run best on one thread, and on a shared
+    # machine more threads than free cores make OpenMP spin (10x slower)
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_config(mnist_dir, tmp_path):
+    """Return a factory of seconds-long RTS configs on a few hundred real MNIST digits."""
+
+    def make(**kw) -> TrainConfig:
+        base = {
+            "dataset": "rts", "model": "st-cnn", "recipe": "smoke", "data_dir": str(mnist_dir),
+            "out": str(tmp_path / "run"), "train_subset": 200, "val_subset": 32, "test_subset": 48,
+            "progress": False, "param_budget": 20_000, "accelerator": "cpu", "threads": 1,
+        }
+        base.update(kw)
+        return TrainConfig(**base)
+
+    return make

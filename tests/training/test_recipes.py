@@ -1,0 +1,62 @@
+import pytest
+
+from stnkit.training import RECIPES, TrainConfig, get_recipe
+
+
+class TestGetRecipe:
+    def test_paper_recipe_is_the_papers(self):
+        r = get_recipe("paper")
+        assert (r.optimizer, r.lr, r.momentum, r.weight_decay) == ("sgd", 0.01, 0.0, 0.0)
+        assert (r.scheduler, r.step_size, r.gamma, r.batch_size, r.steps) == ("step", 50_000, 0.1, 256, 150_000)
+        assert r.st_downsample == "avgpool"
+
+    def test_presets(self):
+        assert {"paper", "cpu", "demo", "smoke"} <= set(RECIPES)
+        assert all(r.note for r in RECIPES.values())
+
+    def test_overrides(self):
+        r = get_recipe("cpu", lr=0.5, steps=None)
+        assert r.lr == 0.5
+        assert r.steps == RECIPES["cpu"].steps
+
+    @pytest.mark.parametrize(("kw", "match"), [
+        ({"name": "fast"}, "unknown recipe 'fast'"),
+        ({"optimizer": "lbfgs"}, "unknown optimizer"),
+        ({"scheduler": "plateau"}, "unknown scheduler"),
+        ({"steps": 0}, "steps must be a positive"),
+        ({"lr": -1.0}, "lr must be positive"),
+        ({"st_downsample": "maxpool"}, "st_downsample"),
+        ({"colour": "red"}, "unknown recipe fields"),
+    ])
+    def test_errors(self, kw, match):
+        name = kw.pop("name", "cpu")
+        with pytest.raises(ValueError, match=match):
+            get_recipe(name, **kw)
+
+
+class TestTrainConfig:
+    def test_downsampling_only_for_st_models_on_rts_and_tc(self):
+        assert TrainConfig(dataset="rts", model="st-cnn", recipe="paper").st_downsample_for_model() == "avgpool"
+        assert TrainConfig(dataset="tc", model="st-fcn", recipe="cpu").st_downsample_for_model() == "output_size"
+        assert TrainConfig(dataset="r", model="st-cnn").st_downsample_for_model() == "none"
+        assert TrainConfig(dataset="rts", model="cnn").st_downsample_for_model() == "none"
+
+    def test_roundtrip(self):
+        c = TrainConfig(dataset="p", model="st-fcn", transform="tps", lr=0.1, seed=3)
+        d = c.to_dict()
+        assert d["resolved"]["lr"] == 0.1
+        assert TrainConfig.from_dict(d) == c
+
+    def test_default_run_dir(self):
+        run_dir = TrainConfig(dataset="rts", model="st-cnn", recipe="cpu").run_dir()
+        assert str(run_dir) == "runs/rts-st-cnn-affine-cpu-s0"
+        assert str(TrainConfig(dataset="e", model="cnn", recipe="paper", seed=2).run_dir()) == "runs/e-cnn-paper-s2"
+
+    @pytest.mark.parametrize(("kw", "match"), [
+        ({"dataset": "svhn"}, "unknown dataset 'svhn'"),
+        ({"steps": 3, "epochs": 1}, "either steps or epochs"),
+        ({"epochs": 0}, "epochs must be"),
+    ])
+    def test_errors(self, kw, match):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kw)
