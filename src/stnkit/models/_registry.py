@@ -34,8 +34,8 @@ def list_models() -> list[str]:
     """Return the registered model names, sorted.
 
     Example:
-        >>> list_models()[:4]
-        ['cnn', 'fcn', 'st-cnn', 'st-fcn']
+        >>> {"cnn", "fcn", "st-cnn", "st-fcn"} <= set(list_models())
+        True
     """
     return sorted(_MODELS)
 
@@ -48,7 +48,8 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         **kwargs: the factory's keyword arguments (``input_size``, ``transform``, ...).
 
     Returns:
-        The model, an ``nn.Module`` mapping (N, C, H, W) images to (N, num_classes) logits.
+        The model, an ``nn.Module`` mapping (N, C, H, W) images (3-D models: (N, C, D, H, W) volumes) to
+        (N, num_classes) logits.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).

@@ -1,0 +1,72 @@
+"""Attention for efficiency: a spatial transformer reads a small crop of a large input for a small classifier.
+
+The paper's point (iii) (Jaderberg et al. 2015, Sec. 3.4 and 4): an attention transformer (scale + translation)
+whose output is smaller than its input lets the classifier run at the crop's resolution, so the network is cheaper
+than one on the full input. Here the localisation net always works on a ~30x30 version of the input (an average
+pool, then the ST-CNN localisation net, which halves it again), and the classifier is the Table 1 CNN on the crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from stnkit import transforms as _transforms
+from stnkit._checks import normalize_size
+from stnkit.models._registry import register_model
+from stnkit.models.localization import cnn_localization, cnn_localization_params
+from stnkit.models.mnist import CNN, DEFAULT_PARAM_BUDGET, STClassifier, _cnn_channels, _st_sizes
+from stnkit.modules import SpatialTransformer
+
+__all__ = ["LOC_SIZE"]
+
+LOC_SIZE = 60  # the localisation net's input is pooled to about this size (then halved inside the ST-CNN net)
+
+
+def _loc_pool(size: tuple[int, int]) -> int:
+    return max(1, min(size) // LOC_SIZE)
+
+
+@register_model("st-cnn-attention")
+def st_cnn_attention(
+    input_size: int | Sequence[int] = 120, in_channels: int = 1, num_classes: int = 10, crop: int = 30,
+    transform: str = "attention", st_downsample: str | None = None, param_budget: int = DEFAULT_PARAM_BUDGET,
+    loc_lr_scale: float = 1.0, bound: float | None = None, channels: Sequence[int] | None = None,
+) -> STClassifier:
+    """Attention ST-CNN: a ``crop`` x ``crop`` window of the input, chosen by a low-resolution localisation net.
+
+    Args:
+        input_size: (H, W) of the (large) input.
+        in_channels: C.
+        num_classes: logits.
+        crop: side of the transformer's output, the classifier's input.
+        transform: ``"attention"`` (the paper's crop: scale + translation) or any other 2-D transform.
+        st_downsample: None, ``"output_size"`` or ``"avgpool"``: halve the crop before the classifier.
+        param_budget: parameters the classifier's conv widths are solved for (unless ``channels``).
+        loc_lr_scale: learning-rate multiplier of the localisation net.
+        bound: optional bound of the parameters around the identity.
+        channels: the classifier's two conv widths, e.g. the full-resolution CNN's, for a like-for-like comparison.
+
+    Example:
+        >>> import torch
+        >>> model = st_cnn_attention(input_size=120, crop=30, channels=(8, 16))
+        >>> model(torch.rand(2, 1, 120, 120)).shape, model.transformer.output_size
+        (torch.Size([2, 10]), (30, 30))
+    """
+    h, w = normalize_size(input_size, 2, "input_size")
+    size = (h, w)
+    t = _transforms.get(transform)
+    if t.spatial_dims != 2:
+        raise ValueError(f"transform {t.name!r} is not a 2-D transform; ST models classify images")
+    pool = _loc_pool(size)
+    pooled = (size[0] // pool, size[1] // pool)
+    loc, feat = cnn_localization(pooled, in_channels)
+    if pool > 1:
+        loc = nn.Sequential(nn.AvgPool2d(pool), loc)  # (N, C, H/pool, W/pool) first: the net never sees full res
+    ch, cw = normalize_size(crop, 2, "crop")
+    out_size, cls_size = _st_sizes((ch, cw), st_downsample)
+    st = SpatialTransformer(loc, t, output_size=out_size, in_features=feat, bound=bound, loc_lr_scale=loc_lr_scale)
+    budget = param_budget - cnn_localization_params(pooled, in_channels) - (feat + 1) * t.num_params
+    channels = channels or _cnn_channels((in_channels, *cls_size), num_classes, budget)
+    return STClassifier(st, CNN(cls_size, in_channels, num_classes, channels), avgpool=st_downsample == "avgpool")
