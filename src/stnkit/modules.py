@@ -17,7 +17,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from stnkit import transforms as _transforms
 from stnkit._checks import check_choice, check_float, check_tensor, normalize_size, shape_str
-from stnkit.sampling import _check_options, _sample
+from stnkit.sampling import _check_options, _sample, _warp
 from stnkit.transforms.base import MatrixTransform, Transform
 
 __all__ = [
@@ -152,8 +152,8 @@ class SpatialTransformer(nn.Module):
     def warp(self, x: Tensor, params: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
         """Warp ``x`` (N, C, *spatial) with given parameters (N, P) at ``output_size`` (default the layer's)."""
         size = output_size or self.output_size or tuple(x.shape[2:])
-        grid = self.transform.grid(params, size, self.align_corners)
-        return _sample(x, grid, self.mode, self.padding_mode, self.align_corners)
+        # fused grid + sampler where it applies (CPU affine/projective), else grid + F.grid_sample
+        return _warp(x, self.transform, params, tuple(size), self.mode, self.padding_mode, self.align_corners)
 
     def forward(self, x: Tensor, return_params: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Warp ``x`` by the transform the localisation net predicts from it.

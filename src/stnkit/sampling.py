@@ -24,6 +24,7 @@ from stnkit._checks import (
     normalize_size,
     shape_str,
 )
+from stnkit._ext import fused as _fused
 from stnkit.transforms.base import Transform
 
 __all__ = ["MODES", "PADDING_MODES", "sample", "warp"]
@@ -88,6 +89,7 @@ def sample(
 
 
 def _sample(input: Tensor, grid: Tensor, mode: str, padding_mode: str, align_corners: bool) -> Tensor:
+    # the reference sampler (F.grid_sample); the fused path of _warp is tested against it
     dtype = torch.promote_types(input.dtype, grid.dtype)
     out = F.grid_sample(input.to(dtype), grid.to(dtype), mode=mode, padding_mode=padding_mode,
                         align_corners=align_corners)
@@ -137,5 +139,22 @@ def warp(
     check_same_device(input, params, "input", "params")
     _check_options(mode, padding_mode, d)
     size = input.shape[2:] if output_size is None else normalize_size(output_size, d)
-    grid = t.grid(params, tuple(int(s) for s in size), align_corners)
+    return _warp(input, t, params, tuple(int(s) for s in size), mode, padding_mode, align_corners)
+
+
+def _warp(
+    input: Tensor, transform: Transform, params: Tensor, size: Sequence[int], mode: str, padding_mode: str,
+    align_corners: bool,
+) -> Tensor:
+    """Grid generator + sampler on validated arguments (also used by ``SpatialTransformer``).
+
+    On CPU, affine-family and projective bilinear warps with zeros/border padding go through the fused C++
+    kernel (``stnkit._ext``: coordinates computed on the fly, no grid materialised; built on first use, cached);
+    everything else, and any case where the kernel is unavailable or a tracer is active, builds the grid and
+    calls ``_sample`` (``F.grid_sample``), the reference path.
+    """
+    out = _fused.fused_warp(input, transform, params, size, mode, padding_mode, align_corners)
+    if out is not None:
+        return out
+    grid = transform.grid(params, size, align_corners)
     return _sample(input, grid, mode, padding_mode, align_corners)

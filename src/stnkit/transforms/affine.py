@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from stnkit._checks import check_float, check_tensor, normalize_size, shape_str
-from stnkit.grid import base_coords
+from stnkit.transforms._grid_fn import _affine_grid_fast, _affine_grid_reference  # noqa: F401
 from stnkit.transforms.base import MatrixTransform, grid_dtype, no_autocast
 
 __all__ = ["Affine", "Attention", "Similarity", "Translation", "affine_grid"]
@@ -46,12 +46,8 @@ def affine_grid(theta: Tensor, output_size: int | Sequence[int], *, align_corner
 
 
 def _affine_grid(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
-    h, w = size
-    x = base_coords(w, align_corners, device=theta.device, dtype=theta.dtype).view(1, 1, w, 1)  # (1, 1, W, 1)
-    y = base_coords(h, align_corners, device=theta.device, dtype=theta.dtype).view(1, h, 1, 1)  # (1, H, 1, 1)
-    cols = theta.transpose(1, 2).unsqueeze(1).unsqueeze(1)  # (N, 1, 1, 3, 2): column j of A as a row
-    # (N, H, W, 2): x * A[:, :, 0] + y * A[:, :, 1] + A[:, :, 2], every term broadcast, no base-grid matmul
-    return torch.addcmul(torch.addcmul(cols[..., 2, :], x, cols[..., 0, :]), y, cols[..., 1, :])
+    # broadcast forward, analytic backward (transforms/_grid_fn.py); _affine_grid_reference is the autograd path
+    return _affine_grid_fast(theta, size, align_corners)  # (N, H, W, 2)
 
 
 class _Affine2D(MatrixTransform):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from stnkit._checks import check_float, check_tensor, normalize_size, shape_str
-from stnkit.grid import base_coords
+from stnkit.transforms._grid_fn import _affine_grid3d_reference, _affine_grid_fast  # noqa: F401
 from stnkit.transforms.base import MatrixTransform, grid_dtype, no_autocast
 
 __all__ = ["Affine3D", "affine_grid3d"]
@@ -41,13 +41,8 @@ def affine_grid3d(theta: Tensor, output_size: int | Sequence[int], *, align_corn
 
 
 def _affine_grid3d(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
-    d, h, w = size
-    x, y, z = (base_coords(n, align_corners, device=theta.device, dtype=theta.dtype) for n in (w, h, d))
-    x, y, z = x.view(1, 1, 1, w, 1), y.view(1, 1, h, 1, 1), z.view(1, d, 1, 1, 1)  # broadcast along W, H, D
-    cols = theta.transpose(1, 2)[:, None, None, None]  # (N, 1, 1, 1, 4, 3): column j of A as a row
-    g = torch.addcmul(cols[..., 3, :], x, cols[..., 0, :])  # (N, 1, 1, W, 3)
-    g = torch.addcmul(g, y, cols[..., 1, :])  # (N, 1, H, W, 3)
-    return torch.addcmul(g, z, cols[..., 2, :])  # (N, D, H, W, 3)
+    # broadcast forward, analytic backward (transforms/_grid_fn.py); _affine_grid3d_reference is the autograd path
+    return _affine_grid_fast(theta, size, align_corners)  # (N, D, H, W, 3)
 
 
 class Affine3D(MatrixTransform):
