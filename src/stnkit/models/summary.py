@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from stnkit.modules import SpatialTransformer
+
 __all__ = ["count_params", "summary"]
 
 
@@ -30,7 +32,7 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> str:
         input_shape: shape of the input, e.g. (1, 1, 42, 42).
 
     Returns:
-        A multi-line string: one row per leaf module that has parameters or changes the shape, and the totals.
+        A multi-line string: one row per leaf module (and per spatial transformer), then the total.
 
     Example:
         >>> print(summary(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2)).splitlines()[-1])
@@ -48,7 +50,7 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> str:
 
     for name, module in model.named_modules():
         own = sum(1 for _ in module.parameters(recurse=False))
-        if next(module.children(), None) is None or own:
+        if next(module.children(), None) is None or own or isinstance(module, SpatialTransformer):
             hooks.append(module.register_forward_hook(record(name or type(model).__name__)))
     was_training = model.training
     try:

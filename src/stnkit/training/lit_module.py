@@ -74,11 +74,12 @@ class STNLitModule(pl.LightningModule):
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
-        self.model = models.create(model, **_model_kwargs(
+        kwargs = _model_kwargs(
             model, transform=transform, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
             st_downsample=None if st_downsample == "none" else st_downsample, param_budget=param_budget,
             loc_lr_scale=loc_lr_scale,
-        ), **(model_kwargs or {}))
+        )
+        self.model = models.create(model, **{**kwargs, **(model_kwargs or {})})  # model_kwargs override
         self.channels_last = channels_last
         self.run_info: dict[str, Any] | None = None  # set by fit(): stored in every checkpoint
         if channels_last:

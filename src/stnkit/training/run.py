@@ -168,6 +168,8 @@ def fit(
         trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         fit_s = time.perf_counter() - t0
         val_err = _metric(trainer, "val/err")
+        if val_err is None:  # e.g. resuming a run that had already finished: validate the final weights now
+            val_err = round(float(trainer.validate(lit, datamodule=dm, verbose=False)[0]["val/err"]), 4)
         test = trainer.test(lit, datamodule=dm, verbose=False)[0]
     best = checkpoint.best_model_score
     metrics = {
