@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if not args.verbose:  # Lightning's "GPU available" banners and tips; warnings and errors still show
-        for name in ("lightning.pytorch", "lightning.fabric"):
+        # (the child loggers: Lightning resets its package loggers to INFO when it is imported)
+        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args._run(args) or 0)

@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
     from stnkit.training import TrainConfig, fit
+    from stnkit.training.callbacks import PrintValidation
     from stnkit.viz import visualize_run
 
     t0 = time.perf_counter()
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         r = config.resolved_recipe()
         print(f"[{i}/2] training {model}{' (' + args.transform + ')' if model.startswith('st-') else ''} on RTS "
               f"MNIST: {r.steps} steps of {r.batch_size}, {r.optimizer} lr {r.lr:g} {r.scheduler}", flush=True)
-        m = fit(config, overwrite=True)
+        m = fit(config, overwrite=True, callbacks=[] if config.progress else [PrintValidation("      ")])
         m["label"] = model.upper() + (f" ({args.transform})" if model.startswith("st-") else "")
         rows.append(m)
         print(f"      test error {m['test_err']:.2f} % after {m['train_s']:.0f} s", flush=True)

@@ -109,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
           f"batch {r.batch_size}, {f'{config.epochs} epochs' if config.epochs else f'{r.steps} steps'}, "
           f"loc lr x{r.loc_lr_scale:g}; run dir {config.run_dir()}")
     from stnkit.training import fit
+    from stnkit.training.callbacks import PrintValidation
 
-    metrics = fit(config, overwrite=args.overwrite)
+    metrics = fit(config, overwrite=args.overwrite, callbacks=[] if config.progress else [PrintValidation("  ")])
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

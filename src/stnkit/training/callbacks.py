@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["Snapshots", "Stopwatch", "ValidateAtEnd"]
+__all__ = ["PrintValidation", "Snapshots", "Stopwatch", "ValidateAtEnd"]
 
 
 class ValidateAtEnd(pl.Callback):
@@ -84,3 +84,24 @@ class Snapshots(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit":
             self._save(trainer)
+
+
+class PrintValidation(pl.Callback):
+    """Print one line per validation (step, validation error, training time): progress for logs and pipes.
+
+    Args:
+        prefix: text in front of every line.
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        err = m.get("val/err")
+        t = m.get("time/train_s")
+        print(f"{self.prefix}step {trainer.global_step}/{trainer.max_steps}"
+              + (f"  val error {float(err):.2f} %" if err is not None else "")
+              + (f"  {float(t):.0f} s" if t is not None else ""), flush=True)
