@@ -106,7 +106,8 @@ def fit(
 
     Returns:
         JSON-ready metrics: ``test_err`` and ``val_err`` (final weights, %), ``best_val_err``, ``steps``,
-        ``train_s`` (training seconds, validation excluded), ``wall_s`` (the whole call), ``params``, the run's
+        ``train_s`` (training seconds, validation excluded; summed over resumed parts), ``wall_s`` (this call,
+        validation and testing included), ``params``, the run's
         identity and ``run_dir``; the same dict is written to ``metrics.json``.
 
     Raises:
@@ -166,11 +167,11 @@ def fit(
     ckpt_path = str(ckpt_dir / "last.ckpt") if config.resume else None
     with _quiet_lightning():
         trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        fit_s = time.perf_counter() - t0
         val_err = _metric(trainer, "val/err")
         if val_err is None:  # e.g. resuming a run that had already finished: validate the final weights now
             val_err = round(float(trainer.validate(lit, datamodule=dm, verbose=False)[0]["val/err"]), 4)
         test = trainer.test(lit, datamodule=dm, verbose=False)[0]
+    wall_s = time.perf_counter() - t0
     best = checkpoint.best_model_score
     metrics = {
         "dataset": config.dataset, "model": config.model,
@@ -179,7 +180,7 @@ def fit(
         "test_err": round(float(test["test/err"]), 4), "test_loss": float(test["test/loss"]),
         "val_err": val_err, "best_val_err": None if best is None else round(float(best), 4),
         "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
-        "batch_size": recipe.batch_size, "train_s": round(stopwatch.elapsed(), 2), "wall_s": round(fit_s, 2),
+        "batch_size": recipe.batch_size, "train_s": round(stopwatch.elapsed(), 2), "wall_s": round(wall_s, 2),
         "params": info["params"], "world_size": trainer.world_size, "run_dir": str(run_dir),
     }
     if trainer.is_global_zero:
