@@ -57,12 +57,14 @@ class TestFit:
         assert len(losses) == 3  # logged every 10 steps
         assert losses[-1] < losses[0] - 0.5
 
-    def test_seeded_runs_bit_identical(self, tiny_config, tmp_path):
-        a = fit(tiny_config(steps=5, out=str(tmp_path / "a")))
-        b = fit(tiny_config(steps=5, out=str(tmp_path / "b")))
+    @pytest.mark.parametrize(("threads", "channels_last"), [(1, False), (2, True)])
+    def test_seeded_runs_bit_identical(self, tiny_config, tmp_path, threads, channels_last):
+        kw = {"steps": 5, "threads": threads, "channels_last": channels_last}
+        a = fit(tiny_config(out=str(tmp_path / "a"), **kw))
+        b = fit(tiny_config(out=str(tmp_path / "b"), **kw))
         _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
         assert (a["test_err"], a["test_loss"], a["val_err"]) == (b["test_err"], b["test_loss"], b["val_err"])
-        c = fit(tiny_config(steps=5, out=str(tmp_path / "c"), seed=1))
+        c = fit(tiny_config(out=str(tmp_path / "c"), seed=1, **kw))
         assert c["test_loss"] != a["test_loss"]
 
     def test_resume_equals_uninterrupted(self, tiny_config, tmp_path):
