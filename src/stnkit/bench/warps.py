@@ -1,0 +1,188 @@
+"""The warp table: stnkit's ``warp`` against each alternative, per op, shape and pass, in one process.
+
+Ops: ``affine``, ``attention``, ``projective``, ``tps16``, ``tps64`` (2-D shapes) and ``affine3d`` (3-D shapes).
+Passes: ``fwd`` (no autograd) and ``fwd+bwd`` (gradients to the input *and* the parameters, as in training an
+ST layer that is not the first layer). Every case is run at ``align_corners=True``, the frame kornia's matrix
+warps use, so stnkit, eager and kornia compute the same output (checked, column ``max |diff|``).
+
+Memory-bandwidth lower bound per case: the bytes that must move (fwd: read the input, write the output; fwd+bwd:
+that, plus read the output gradient, read the input again and write its gradient: ``3 in + 2 out``, float32)
+divided by the measured copy bandwidth. ``stnkit / bound`` says how far the fastest path is from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import stnkit
+from stnkit.bench.baselines import kornia_available, make_baseline
+from stnkit.bench.timing import interleaved
+from stnkit.transforms import ThinPlateSpline
+
+__all__ = ["FULL_SHAPES", "OPS", "QUICK_SHAPES", "WarpResult", "run_warps"]
+
+OPS = ("affine", "attention", "projective", "tps16", "tps64", "affine3d")
+Shape = tuple[tuple[int, ...], tuple[int, ...]]  # (input (N, C, *spatial), output spatial size)
+FULL_SHAPES: tuple[Shape, ...] = (
+    ((256, 1, 28, 28), (28, 28)),
+    ((256, 1, 60, 60), (60, 60)),
+    ((256, 1, 60, 60), (30, 30)),
+    ((8, 64, 56, 56), (56, 56)),
+    ((64, 3, 64, 64), (64, 64)),
+    ((32, 3, 224, 224), (224, 224)),
+    ((8, 1, 32, 32, 32), (32, 32, 32)),
+)
+QUICK_SHAPES: tuple[Shape, ...] = (
+    ((256, 1, 28, 28), (28, 28)),
+    ((8, 64, 56, 56), (56, 56)),
+    ((2, 1, 16, 16, 16), (16, 16, 16)),
+)
+BASELINES = {
+    "affine": ("eager", "kornia"),
+    "attention": ("eager", "kornia"),
+    "projective": ("kornia", "eager"),
+    "tps16": ("tps-plain", "tps-solve", "kornia", "stnkit affine"),
+    "tps64": ("tps-plain", "tps-solve", "kornia", "stnkit affine"),
+    "affine3d": ("eager",),
+}
+# kornia's TPS materialises (N, H*W, K) distances and products; above this many elements one call takes seconds
+_KORNIA_TPS_MAX = 32_000_000
+ALIGN_CORNERS = True
+
+
+@dataclass
+class WarpResult:
+    """One (op, shape, pass, baseline) comparison, times in ms (medians of the same interleaved rounds)."""
+
+    op: str
+    shape: str
+    pass_: str
+    baseline: str
+    stnkit_ms: float
+    baseline_ms: float
+    bound_ms: float
+    max_diff: float | None
+
+    @property
+    def ratio(self) -> float:
+        """baseline_ms / stnkit_ms: how many times faster stnkit is."""
+        return self.baseline_ms / self.stnkit_ms
+
+    def row(self) -> dict:
+        """The JSON row: exactly op, shape, pass, baseline, stnkit_ms, baseline_ms, ratio."""
+        return {"op": self.op, "shape": self.shape, "pass": self.pass_, "baseline": self.baseline,
+                "stnkit_ms": round(self.stnkit_ms, 4), "baseline_ms": round(self.baseline_ms, 4),
+                "ratio": round(self.ratio, 3)}
+
+
+def shape_str(in_shape: tuple[int, ...], out_size: tuple[int, ...]) -> str:
+    """Format ``"N,C,H,W->h,w"``."""
+    return ",".join(map(str, in_shape)) + "->" + ",".join(map(str, out_size))
+
+
+def _params(op: str, n: int, gen: torch.Generator, tps: ThinPlateSpline | None) -> torch.Tensor:
+    """Random near-identity parameters (N, P) of an op, as stnkit's transforms take them."""
+    def noise(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    if op in ("affine", "affine3d"):
+        k = 2 if op == "affine" else 3
+        return (torch.eye(k, k + 1) + 0.1 * noise(n, k, k + 1)).reshape(n, -1)
+    if op == "attention":
+        return torch.stack([0.8 + 0.2 * torch.rand(n, generator=gen), 0.1 * noise(n), 0.1 * noise(n)], dim=1)
+    if op == "projective":
+        return torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0]) + 0.05 * noise(n, 8)
+    if tps is None:
+        raise ValueError(f"unknown op {op!r}")
+    return tps.control_points.float().reshape(1, -1) + 0.05 * noise(n, tps.num_params)
+
+
+def _stnkit(op: str, out_size: tuple[int, ...], tps: ThinPlateSpline | None) -> Callable:
+    transform = tps if op.startswith("tps") else op
+    return lambda x, p: stnkit.warp(x, p, transform, out_size, align_corners=ALIGN_CORNERS)
+
+
+def _bound_ms(in_numel: int, out_numel: int, pass_: str, bandwidth_gbs: float) -> float:
+    moved = 4 * (in_numel + out_numel) if pass_ == "fwd" else 4 * (3 * in_numel + 2 * out_numel)
+    return moved / (bandwidth_gbs * 1e9) * 1e3
+
+
+def _wrap(fn: Callable, x: torch.Tensor, p: torch.Tensor, pass_: str, go: torch.Tensor | None) -> Callable:
+    if pass_ == "fwd":
+        def fwd() -> None:
+            with torch.no_grad():
+                fn(x, p)
+        return fwd
+    xg, pg = x.detach().requires_grad_(), p.detach().requires_grad_()
+
+    def fwd_bwd() -> None:
+        torch.autograd.grad(fn(xg, pg), (xg, pg), go)
+    return fwd_bwd
+
+
+def run_case(
+    op: str, in_shape: tuple[int, ...], out_size: tuple[int, ...], pass_: str, bandwidth_gbs: float,
+    budget_s: float, notes: list[str], seed: int = 0, min_reps: int = 5,
+) -> list[WarpResult]:
+    """Time stnkit and every available baseline of one case side by side; return one result per baseline."""
+    gen = torch.Generator().manual_seed(seed)
+    tps = ThinPlateSpline(grid_size=4 if op == "tps16" else 8) if op.startswith("tps") else None
+    n, spatial = in_shape[0], in_shape[2:]
+    x = torch.rand(*in_shape, generator=gen)
+    p = _params(op, n, gen, tps)
+    affine_p = _params("affine", n, gen, None)
+    fns: dict[str, Callable] = {"stnkit": _stnkit(op, out_size, tps)}
+    for name in BASELINES[op]:
+        if name == "stnkit affine":
+            fns[name] = _stnkit("affine", out_size, None)
+            continue
+        if name == "kornia" and not kornia_available():
+            notes.append(f"kornia not installed: skipped the kornia baseline of {op}")
+            continue
+        if name == "kornia" and op.startswith("tps"):
+            k = tps.num_control_points if tps is not None else 0
+            if tuple(spatial) != tuple(out_size):
+                notes.append(f"kornia warp_image_tps keeps the input size: no kornia row for {op} "
+                             f"{shape_str(in_shape, out_size)}")
+                continue
+            if n * out_size[0] * out_size[1] * k > _KORNIA_TPS_MAX:
+                notes.append(f"kornia TPS skipped at {shape_str(in_shape, out_size)}, {op} (its (N, H*W, K) "
+                             f"intermediates make one call take seconds)")
+                continue
+        fns[name] = make_baseline(name, op, tuple(spatial), tuple(out_size), ALIGN_CORNERS, tps)
+    with torch.no_grad():
+        outs = {k: f(x, affine_p if k == "stnkit affine" else p) for k, f in fns.items()}
+    go = torch.randn(outs["stnkit"].shape, generator=gen) if pass_ == "fwd+bwd" else None
+    timed = {k: _wrap(f, x, affine_p if k == "stnkit affine" else p, pass_, go) for k, f in fns.items()}
+    ms = interleaved(timed, budget_s=budget_s, min_reps=min_reps)
+    bound = _bound_ms(x.numel(), outs["stnkit"].numel(), pass_, bandwidth_gbs)
+    results = []
+    for name in fns:
+        if name == "stnkit":
+            continue
+        diff = None if name == "stnkit affine" else float((outs[name] - outs["stnkit"]).abs().max())
+        results.append(WarpResult(op, shape_str(in_shape, out_size), pass_, name, ms["stnkit"], ms[name], bound,
+                                  diff))
+    return results
+
+
+def run_warps(
+    shapes: tuple[Shape, ...], ops: tuple[str, ...], passes: tuple[str, ...], bandwidth_gbs: float,
+    budget_s: float, notes: list[str], log: Callable[[str], None] = print, min_reps: int = 5,
+) -> list[WarpResult]:
+    """Run every (op, shape, pass) case that applies (3-D ops on 3-D shapes, 2-D ops on 2-D shapes)."""
+    results: list[WarpResult] = []
+    for in_shape, out_size in shapes:
+        for op in ops:
+            if (op == "affine3d") != (len(out_size) == 3):
+                continue
+            for pass_ in passes:
+                case = run_case(op, in_shape, out_size, pass_, bandwidth_gbs, budget_s, notes, min_reps=min_reps)
+                for r in case:
+                    log(f"  {r.op:10s} {r.shape:26s} {r.pass_:8s} stnkit {r.stnkit_ms:9.3f} ms  {r.baseline:13s} "
+                        f"{r.baseline_ms:9.3f} ms  x{r.ratio:.2f}")
+                results.extend(case)
+    return results

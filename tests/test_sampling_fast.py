@@ -1,0 +1,158 @@
+"""The fused C++ warp (stnkit._ext) against the reference path (grid + F.grid_sample), and its fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import stnkit
+from stnkit import _ext
+from stnkit import transforms as T
+from stnkit._ext import fused
+from stnkit.sampling import _sample, _warp
+
+TRANSFORMS = ["affine", "attention", "similarity", "translation", "projective"]
+
+
+@pytest.fixture(scope="module")
+def ext():
+    module = _ext.load()
+    if module is None:
+        pytest.skip(f"C++ extension unavailable here: {_ext.build_error()}")
+    return module
+
+
+def _params(t: T.Transform, n: int, dtype: torch.dtype, scale: float = 0.2) -> torch.Tensor:
+    return t.identity()[None].to(dtype) + scale * torch.randn(n, t.num_params, dtype=dtype)
+
+
+def _reference(x, t, p, size, padding_mode, align_corners):
+    return _sample(x, t.grid(p, size, align_corners), "bilinear", padding_mode, align_corners)
+
+
+def _is_fused(out: torch.Tensor) -> bool:
+    fn = out.grad_fn
+    while fn is not None and "ToCopy" in type(fn).__name__:  # dtype casts around the fused op
+        fn = fn.next_functions[0][0]
+    return fn is not None and "FusedWarpFn" in type(fn).__name__
+
+
+@pytest.mark.usefixtures("ext")
+class TestFusedWarp:
+    @pytest.mark.parametrize("name", TRANSFORMS)
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("align_corners", [False, True])
+    @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+    @pytest.mark.parametrize(("n", "c", "in_size", "out_size"),
+                             [(3, 2, (9, 11), (7, 13)), (1, 1, (5, 5), (5, 5)), (2, 20, (6, 7), (3, 70))])
+    @pytest.mark.parametrize("input_grad", [True, False])
+    def test_matches_reference(self, name, dtype, align_corners, padding_mode, n, c, in_size, out_size, input_grad):
+        t = T.get(name)
+        x = torch.rand(n, c, *in_size, dtype=dtype, requires_grad=input_grad)
+        p = _params(t, n, dtype).requires_grad_()
+        out = _warp(x, t, p, out_size, "bilinear", padding_mode, align_corners)
+        assert _is_fused(out)
+        ref = _reference(x, t, p, out_size, padding_mode, align_corners)
+        f32 = dtype == torch.float32
+        torch.testing.assert_close(out, ref, atol=1e-5 if f32 else 1e-12, rtol=1e-5 if f32 else 1e-12)
+        go = torch.randn_like(out)
+        inputs = (x, p) if input_grad else (p,)
+        got = torch.autograd.grad(out, inputs, go)
+        want = torch.autograd.grad(ref, inputs, go)
+        for a, b in zip(got, want):
+            if f32:  # float32 coordinates may round across a pixel edge, where d out / d coordinate jumps
+                assert float((a - b).abs().max()) <= 5e-3 * max(1.0, float(b.abs().max()))
+            else:
+                torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+    @pytest.mark.parametrize("name", ["affine", "projective"])
+    @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+    def test_gradcheck(self, name, padding_mode):
+        t = T.get(name)
+        x = torch.rand(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+        p = _params(t, 2, torch.float64, 0.1).requires_grad_()
+        assert torch.autograd.gradcheck(lambda x, p: _warp(x, t, p, (4, 3), "bilinear", padding_mode, True), (x, p))
+
+    def test_identity(self):
+        x = torch.rand(2, 3, 8, 9)
+        out = stnkit.warp(x, torch.eye(2, 3).expand(2, 2, 3).reshape(2, 6), "affine")
+        torch.testing.assert_close(out, x, atol=1e-6, rtol=1e-6)
+
+    def test_far_outside_and_degenerate_projective(self):
+        x = torch.rand(2, 1, 6, 6)
+        p = torch.tensor([[1.0, 0, 50, 0, 1, 0, 0, 0], [1.0, 0, 0, 0, 1, 0, 2.0, 0]])  # far shift; w = 0 inside
+        t = T.get("projective")
+        out = _warp(x, t, p, (7, 7), "bilinear", "zeros", False)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, _reference(x, t, p, (7, 7), "zeros", False), atol=1e-5, rtol=1e-5)
+
+    def test_low_precision_input_keeps_dtype(self):
+        x = torch.rand(2, 1, 6, 6).to(torch.bfloat16)
+        p = _params(T.get("affine"), 2, torch.float32)
+        out = stnkit.warp(x, p, "affine", (5, 5))
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), _reference(x, T.get("affine"), p, (5, 5), "zeros", False).float())
+
+    def test_spatial_transformer_uses_fused_path(self):
+        st = stnkit.SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), "affine", in_features=4)
+        x = torch.rand(2, 1, 8, 8)
+        out = st(x)
+        assert _is_fused(out)
+        out.sum().backward()
+        assert st.head.bias.grad is not None
+        assert torch.isfinite(st.head.bias.grad).all()
+
+
+class TestFallback:
+    @pytest.mark.parametrize(("mode", "padding_mode"), [("nearest", "zeros"), ("bicubic", "zeros"),
+                                                          ("bilinear", "reflection")])
+    def test_other_modes_use_reference(self, mode, padding_mode):
+        t = T.get("affine")
+        x = torch.rand(2, 2, 7, 8)
+        p = _params(t, 2, torch.float32).requires_grad_()
+        out = stnkit.warp(x, p, t, (5, 6), mode=mode, padding_mode=padding_mode)
+        assert not _is_fused(out)
+        ref = _sample(x, t.grid(p, (5, 6), False), mode, padding_mode, False)
+        torch.testing.assert_close(out, ref)
+
+    @pytest.mark.parametrize("name", ["tps", "affine3d"])
+    def test_other_transforms_use_reference(self, name):
+        t = T.get(name)
+        x = torch.rand(2, 1, *((5, 6, 7) if name == "affine3d" else (6, 7)))
+        p = _params(t, 2, torch.float32, 0.05).requires_grad_()
+        assert not _is_fused(stnkit.warp(x, p, t))
+
+    def test_extension_unavailable(self, monkeypatch):
+        monkeypatch.setattr(_ext, "_state", {"error": "simulated build failure"})
+        assert _ext.load() is None
+        assert _ext.build_error() == "simulated build failure"
+        t = T.get("projective")
+        x = torch.rand(2, 1, 6, 7)
+        p = _params(t, 2, torch.float32, 0.05).requires_grad_()
+        out = stnkit.warp(x, p, t, (4, 5))
+        assert not _is_fused(out)
+        torch.testing.assert_close(out, _reference(x, t, p, (4, 5), "zeros", False))
+
+    def test_disabled_by_environment(self, monkeypatch):
+        monkeypatch.setattr(_ext, "_state", {})
+        monkeypatch.setenv("STNKIT_DISABLE_EXT", "1")
+        assert _ext.load() is None
+        assert "STNKIT_DISABLE_EXT" in (_ext.build_error() or "")
+
+    def test_autocast_uses_reference(self):
+        x = torch.rand(2, 1, 6, 7)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fused.fused_applies(x, T.get("affine"), "bilinear", "zeros")
+
+    def test_tracing_uses_reference(self, monkeypatch):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert not fused.fused_applies(torch.rand(1, 1, 4, 4), T.get("affine"), "bilinear", "zeros")
+
+    def test_import_builds_nothing(self):
+        import subprocess
+        import sys
+
+        code = ("import sys, stnkit; from stnkit import _ext; "
+                "assert 'torch.utils.cpp_extension' not in sys.modules; assert _ext._state == {}")
+        subprocess.run([sys.executable, "-c", code], check=True)
