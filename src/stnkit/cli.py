@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.verbose:  # Lightning's "GPU available" banners and tips; warnings and errors still show
         # (the child loggers: Lightning resets its package loggers to INFO when it is imported)
-        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                     "lightning.fabric.utilities.distributed", "lightning.pytorch.accelerators.cuda"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args._run(args) or 0)

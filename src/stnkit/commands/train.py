@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from stnkit.commands._common import add_hardware_args, devices, progress_default
@@ -99,19 +100,30 @@ def config_from_args(args: argparse.Namespace):
     return resumed
 
 
+def describe(config) -> str:
+    """Return a one-line description of a run: model, data and the resolved recipe."""
+    r = config.resolved_recipe()
+    what = config.model + (f" ({config.transform})" if config.model.startswith("st-") else "")
+    momentum = f" momentum {r.momentum:g}" if r.optimizer == "sgd" and r.momentum else ""
+    length = f"{config.epochs} epochs" if config.epochs else f"{r.steps} steps"
+    return (f"{what} on {config.dataset.upper()}, recipe {config.recipe}: {r.optimizer} lr {r.lr:g}{momentum}, "
+            f"{r.scheduler} schedule, batch {r.batch_size}, {length}, loc lr x{r.loc_lr_scale:g}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
     config = config_from_args(args)
-    r = config.resolved_recipe()
-    print(f"stnkit train: {config.model}{' (' + config.transform + ')' if config.model.startswith('st-') else ''} "
-          f"on {config.dataset.upper()}, recipe {config.recipe}: {r.optimizer} lr {r.lr:g}"
-          f"{f' momentum {r.momentum:g}' if r.optimizer == 'sgd' and r.momentum else ''}, {r.scheduler} schedule, "
-          f"batch {r.batch_size}, {f'{config.epochs} epochs' if config.epochs else f'{r.steps} steps'}, "
-          f"loc lr x{r.loc_lr_scale:g}; run dir {config.run_dir()}")
+    launched_worker = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+    if not launched_worker:  # DDP re-runs this command in every other process
+        print(f"stnkit train: {describe(config)}; run dir {config.run_dir()}", flush=True)
     from stnkit.training import fit
     from stnkit.training.callbacks import PrintValidation
 
     metrics = fit(config, overwrite=args.overwrite, callbacks=[] if config.progress else [PrintValidation("  ")])
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # under DDP every process returns here; one report is enough
+        return 0
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -48,7 +48,7 @@ class Stopwatch(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit":
-            pl_module.log("time/train_s", self.elapsed(), sync_dist=False, rank_zero_only=True)
+            pl_module.log("time/train_s", self.elapsed(), sync_dist=True)  # mean over processes
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit":
