@@ -74,6 +74,15 @@ class TestFusedWarp:
         p = _params(t, 2, torch.float64, 0.1).requires_grad_()
         assert torch.autograd.gradcheck(lambda x, p: _warp(x, t, p, (4, 3), "bilinear", padding_mode, True), (x, p))
 
+    @pytest.mark.parametrize("name", ["affine", "projective"])
+    def test_row_independent_of_batch(self, name):
+        t = T.get(name)
+        x = torch.rand(6, 2, 11, 13)
+        p = _params(t, 6, torch.float32)
+        batch = _warp(x, t, p, (9, 10), "bilinear", "zeros", False)
+        for i in (0, 5):
+            assert torch.equal(_warp(x[i:i + 1], t, p[i:i + 1], (9, 10), "bilinear", "zeros", False)[0], batch[i])
+
     def test_identity(self):
         x = torch.rand(2, 3, 8, 9)
         out = stnkit.warp(x, torch.eye(2, 3).expand(2, 2, 3).reshape(2, 6), "affine")

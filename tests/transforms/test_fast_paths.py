@@ -89,6 +89,13 @@ class TestAffineGridFast:
         explicit = torch.einsum("nhwi,hwj->nij", grad, base_h[0])
         torch.testing.assert_close(_grid_grad_to_theta(grad, size, False), explicit)
 
+    @pytest.mark.parametrize("size", [(42, 42), (5, 6, 7)])
+    def test_row_independent_of_batch(self, size):
+        theta = _theta(9, size, torch.float32)
+        batch = _affine_grid_fast(theta, size, False)
+        for i in (0, 4, 8):
+            assert torch.equal(_affine_grid_fast(theta[i:i + 1], size, False)[0], batch[i])
+
     def test_inference_mode_then_autograd(self):
         # cached base factors built under inference_mode must still be usable by autograd
         with torch.inference_mode():
