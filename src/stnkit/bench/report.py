@@ -77,16 +77,18 @@ def markdown(
     if steps is not None:
         out += ["## Training step (SGD; batch as in the command, default 256)", "",
                 "ST/baseline: ST-CNN vs CNN, ST-FCN vs FCN (target <= 1.10). ST/classifier: vs the same classifier "
-                "alone on the transformer's output size. loc / warp: the transformer's two parts alone, fwd+bwd. "
-                "reference: the same ST step on stnkit's reference (pre-fast-path) implementations.", "",
+                "alone on the transformer's output size. The overhead's parts, each timed alone: loc = localisation "
+                "net fwd+bwd, warp = warp fwd+bwd (gradient to the parameters), input grad = the classifier's extra "
+                "cost of back-propagating into its input (needed only behind a transformer). reference: the same ST "
+                "step on stnkit's reference (pre-fast-path) implementations.", "",
                 "| model | transform | data | ST step ms | baseline | baseline ms | ST/baseline | classifier ms "
-                "| ST/classifier | loc ms | warp ms | dominant | reference ST step ms |",
-                "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+                "| ST/classifier | loc ms | warp ms | input grad ms | dominant | reference ST step ms |",
+                "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         for s in steps:
             out.append(f"| {s.model} | {s.transform} | {s.dataset} | {s.st_ms:.2f} | {s.baseline} | "
                        f"{s.baseline_ms:.2f} | **{s.vs_baseline:.2f}** | {s.classifier_ms:.2f} | "
-                       f"{s.vs_classifier:.2f} | {s.loc_ms:.2f} | {s.warp_ms:.2f} | {s.dominant} | "
-                       f"{s.st_reference_ms:.2f} |")
+                       f"{s.vs_classifier:.2f} | {s.loc_ms:.2f} | {s.warp_ms:.2f} | {s.input_grad_ms:.2f} | "
+                       f"{s.dominant} | {s.st_reference_ms:.2f} |")
         out.append("")
     if data is not None:
         out += ["## Data generation vs training consumption (same threads)", "",

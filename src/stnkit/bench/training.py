@@ -8,8 +8,10 @@ transformer samples at half size), timed side by side with
   multi-transformer SVHN model was "only 6% slower"; target <= 1.10x);
 * the same classifier without the transformer, on input of the transformer's output size: what localisation +
   grid + sampling cost;
-* the two parts of the transformer alone (fwd+bwd): the localisation net (``predict_params``) and the warp
-  (``warp`` with gradients to the parameters), to say which dominates;
+* the parts of the transformer's overhead alone: the localisation net (``predict_params``, fwd+bwd), the warp
+  (``warp`` with gradients to the parameters) and the classifier's input gradient (the classifier's step with and
+  without a gradient to its input: behind a transformer its first layer must back-propagate into its input), to
+  say which dominates;
 * the same ST model on stnkit's reference paths (``_reference.reference_paths``), to show what the fast paths buy.
 
 Data: distorted samples generated per second by ``stnkit.data.DistortedMNIST.get_batch`` (batch 256) for each
@@ -50,6 +52,7 @@ class StepResult:
     loc_ms: float
     warp_ms: float
     st_reference_ms: float
+    classifier_dx_ms: float
 
     @property
     def vs_baseline(self) -> float:
@@ -62,9 +65,15 @@ class StepResult:
         return self.st_ms / self.classifier_ms
 
     @property
+    def input_grad_ms(self) -> float:
+        """Extra classifier cost of back-propagating into its input, which the transformer makes necessary."""
+        return max(self.classifier_dx_ms - self.classifier_ms, 0.0)
+
+    @property
     def dominant(self) -> str:
-        """Which part of the transformer costs more: the localisation net or the warp."""
-        return "localisation" if self.loc_ms >= self.warp_ms else "warp"
+        """The largest part of the transformer's overhead: localisation, warp or the classifier's input gradient."""
+        parts = {"localisation": self.loc_ms, "warp": self.warp_ms, "classifier input grad": self.input_grad_ms}
+        return max(parts, key=parts.__getitem__)
 
 
 @dataclass
@@ -96,6 +105,7 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], No
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
+        x.grad = None
         F.cross_entropy(model(x), y).backward()
         opt.step()
     return step
@@ -142,14 +152,17 @@ def run_training(
                     torch.autograd.grad(st.warp(x, params).sum(), params)
 
                 st_step = _step(model, x, y)
+                cls_dx = cls_x.clone().requires_grad_()  # as behind a transformer: the gradient reaches the input
                 fns = {"st": st_step, "baseline": _step(baseline, x, y), "classifier": _step(classifier, cls_x, y),
-                       "loc": loc, "warp": warp, "st_reference": _reference(st_step)}
+                       "classifier_dx": _step(copy.deepcopy(classifier), cls_dx, y), "loc": loc, "warp": warp,
+                       "st_reference": _reference(st_step)}
                 ms = interleaved(fns, budget_s=budget_s, min_reps=min_reps, max_reps=20, warmup=1)
                 r = StepResult(kind, transform, dataset, ms["st"], base_name, ms["baseline"], ms["classifier"],
-                               ms["loc"], ms["warp"], ms["st_reference"])
+                               ms["loc"], ms["warp"], ms["st_reference"], ms["classifier_dx"])
                 log(f"  {kind:7s} {transform:10s} {dataset:4s} step {r.st_ms:8.2f} ms  {base_name} {r.baseline_ms:8.2f}"
                     f" ms (x{r.vs_baseline:.2f})  classifier alone {r.classifier_ms:8.2f} ms (x{r.vs_classifier:.2f})"
-                    f"  loc {r.loc_ms:.2f} / warp {r.warp_ms:.2f} ms  reference path step {r.st_reference_ms:.2f}")
+                    f"  loc {r.loc_ms:.2f} / warp {r.warp_ms:.2f} / input grad {r.input_grad_ms:.2f} ms  reference "
+                    f"path step {r.st_reference_ms:.2f}")
                 results.append(r)
     return results
 
