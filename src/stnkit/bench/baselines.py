@@ -6,6 +6,7 @@
   same normalised parameters, so outputs agree), ``get_tps_transform`` + ``warp_image_tps``. kornia's spline puts
   its kernel centres at the source points (stnkit and the paper at the output-frame control points), so its TPS
   output differs from stnkit's; its work per call (solve + basis + sample) is what is timed.
+* ``sampler only``: ``F.grid_sample`` on a grid built outside the timing: the floor of every grid-then-sample path.
 * ``tps-plain``: the OCR-rectifier/Lasagne TPS: inverse system and output basis precomputed once, per call
   ``coefficients = inverse @ [y; 0]``, ``grid = basis @ coefficients`` (broadcast over the batch), grid_sample.
 * ``tps-solve``: a straightforward TPS that builds and solves the system and the basis on every call.
@@ -95,7 +96,7 @@ def make_baseline(
     """Return ``f(x, params) -> output`` for baseline ``name`` of op ``op``; params as stnkit takes them.
 
     Args:
-        name: ``"eager"``, ``"kornia"``, ``"tps-plain"`` or ``"tps-solve"``.
+        name: ``"eager"``, ``"sampler only"``, ``"kornia"``, ``"tps-plain"`` or ``"tps-solve"``.
         op: ``"affine"``, ``"attention"``, ``"projective"``, ``"tps16"``, ``"tps64"`` or ``"affine3d"``.
         in_size: spatial size of the input.
         out_size: spatial size of the output.
@@ -131,6 +132,20 @@ def make_baseline(
                 return F.grid_sample(x, grid, align_corners=ac)
 
             return eager_projective
+    if name == "sampler only" and op in ("affine", "affine3d"):
+        # F.grid_sample on a grid built once outside the timing (gradients to the input and the grid): the cost
+        # floor of any grid-then-sample path, the part no grid speed-up removes
+        cache: dict[str, Tensor] = {}
+
+        def sampler_only(x: Tensor, p: Tensor) -> Tensor:
+            if "grid" not in cache:
+                theta = p.detach().view(p.shape[0], 3 if op == "affine3d" else 2, -1)
+                cache["grid"] = F.affine_grid(theta, [x.shape[0], x.shape[1], *out_size], align_corners=ac)
+            grid = cache["grid"].requires_grad_(p.requires_grad)  # a leaf: its gradient is computed too
+            grid.grad = None
+            return F.grid_sample(x, grid, align_corners=ac)
+
+        return sampler_only
     if name == "kornia":
         from kornia.geometry.transform import get_tps_transform, warp_affine, warp_image_tps, warp_perspective
 

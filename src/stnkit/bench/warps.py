@@ -41,12 +41,12 @@ QUICK_SHAPES: tuple[Shape, ...] = (
     ((2, 1, 16, 16, 16), (16, 16, 16)),
 )
 BASELINES = {
-    "affine": ("eager", "kornia"),
+    "affine": ("eager", "kornia", "sampler only"),
     "attention": ("eager", "kornia"),
     "projective": ("kornia", "eager"),
     "tps16": ("tps-plain", "tps-solve", "kornia", "stnkit affine"),
     "tps64": ("tps-plain", "tps-solve", "kornia", "stnkit affine"),
-    "affine3d": ("eager",),
+    "affine3d": ("eager", "sampler only"),
 }
 # kornia's TPS materialises (N, H*W, K) distances and products; above this many elements one call takes seconds
 _KORNIA_TPS_MAX = 32_000_000
@@ -119,7 +119,8 @@ def _wrap(fn: Callable, x: torch.Tensor, p: torch.Tensor, pass_: str, go: torch.
     xg, pg = x.detach().requires_grad_(), p.detach().requires_grad_()
 
     def fwd_bwd() -> None:
-        torch.autograd.grad(fn(xg, pg), (xg, pg), go)
+        xg.grad = pg.grad = None  # fresh gradients every call (no accumulation), to every leaf that needs one
+        fn(xg, pg).backward(go)
     return fwd_bwd
 
 
