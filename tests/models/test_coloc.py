@@ -21,8 +21,19 @@ class TestColocLocalization:
 
 
 class TestColocTransformer:
-    def test_attention_crop(self):
+    def test_window_stays_inside_and_in_range(self):
         st = coloc_transformer()
+        with torch.no_grad():
+            st.head.weight.normal_(0, 50.0)  # extreme regressions
+        _, params = st(torch.rand(64, 1, 84, 84), return_params=True)
+        s, t = params[:, 0], params[:, 1:]
+        assert s.min() >= 0.25
+        assert s.max() <= 0.6
+        assert torch.all(t.abs() <= (1 - s[:, None]) + 1e-6)  # |t| + s <= 1: the window inside the image
+        assert t.abs().max() > 0.3
+
+    def test_plain_attention_crop(self):
+        st = coloc_transformer(scale_range=None)
         assert st.transform.name == "attention"
         assert st.output_size == (28, 28)
         assert st.head.weight.shape == (3, 8)
@@ -30,7 +41,7 @@ class TestColocTransformer:
         assert torch.allclose(params, torch.tensor([[1.0, 0.0, 0.0]]).expand(2, 3))  # identity: whole image
 
     def test_init_scale(self):
-        st = coloc_transformer(init_scale=1 / 3)
+        st = coloc_transformer(scale_range=(0.25, 0.5), init_scale=1 / 3)
         x = torch.zeros(1, 1, 84, 84)
         x[..., 28:56, 28:56] = torch.rand(28, 28)
         out, params = st(x, return_params=True)
@@ -48,7 +59,9 @@ class TestCNNEmbedding:
         h2 = net[5](net[4](net[3](h1)))
         logits = cnn(x)
         expected = torch.cat([h1.flatten(1), h2.flatten(1), logits], dim=1)
-        assert torch.allclose(e(x), expected)
+        assert torch.allclose(CNNEmbedding(cnn, normalize=False)(x), expected)
+        unit = [t / t.norm(dim=1, keepdim=True) for t in (h1.flatten(1), h2.flatten(1), logits)]
+        assert torch.allclose(e(x), torch.cat(unit, dim=1), atol=1e-6)  # each layer at unit length
         assert e(x).shape == (2, 4 * 14 * 14 + 8 * 7 * 7 + 10)
 
     def test_frozen_but_differentiable_input(self):

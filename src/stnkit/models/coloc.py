@@ -8,16 +8,18 @@ its three layers (the two conv layers after ReLU and max-pool, and the classific
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stnkit._checks import normalize_size
 from stnkit.models.mnist import CNN
-from stnkit.modules import SpatialTransformer
+from stnkit.modules import LocalizationHead, SpatialTransformer
 
-__all__ = ["CNNEmbedding", "coloc_localization", "coloc_transformer"]
+__all__ = ["AttentionWindowHead", "CNNEmbedding", "coloc_localization", "coloc_transformer"]
 
 
 def coloc_localization(input_size: int | Sequence[int] = 84, in_channels: int = 1, hidden: int = 8
@@ -50,8 +52,47 @@ def coloc_localization(input_size: int | Sequence[int] = 84, in_channels: int = 
     return net, hidden
 
 
+class AttentionWindowHead(LocalizationHead):
+    """Regression head of a window that stays inside the image: scale in a range, translation keeping it inside.
+
+    Outputs ``(s, tx, ty)`` of the ``"attention"`` transform with ``s = lo + (hi - lo) * sigmoid(z_s)`` and
+    ``t = (1 - s) * tanh(z_t)``. Without these bounds the triplet loss has trivial minima the paper's results rule
+    out: shrinking the window to a point, or moving it off the image, makes every crop the same.
+
+    Args:
+        in_features: F of the localisation features.
+        scale_range: (lo, hi) of the window's scale (its side over the image's).
+        init_scale: the scale at initialisation (zero weights: a centred window for every input).
+
+    Example:
+        >>> head = AttentionWindowHead(8, (0.25, 0.6), 1 / 3)
+        >>> head(torch.rand(2, 8))[0]
+        tensor([0.3333, 0.0000, 0.0000], grad_fn=<SelectBackward0>)
+    """
+
+    def __init__(self, in_features: int, scale_range: tuple[float, float] = (0.25, 0.6), init_scale: float = 0.5
+                 ) -> None:
+        lo, hi = (float(v) for v in scale_range)
+        if not 0 < lo < hi <= 1 or not lo < init_scale < hi:
+            raise ValueError(f"need 0 < lo < init_scale < hi <= 1; got scale_range {scale_range}, init_scale "
+                             f"{init_scale}")
+        u = (init_scale - lo) / (hi - lo)
+        super().__init__(torch.tensor([math.log(u / (1 - u)), 0.0, 0.0]), in_features)  # z whose s = init_scale
+        self.lo, self.hi = lo, hi
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Regress window parameters (N, 3) from features (N, F)."""
+        z = F.linear(features, self.weight, self.bias)  # (N, 3)
+        s = self.lo + (self.hi - self.lo) * torch.sigmoid(z[:, :1])  # (N, 1)
+        return torch.cat([s, (1 - s) * torch.tanh(z[:, 1:])], dim=1)  # (N, 3)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale_range=({self.lo}, {self.hi})"
+
+
 def coloc_transformer(input_size: int | Sequence[int] = 84, in_channels: int = 1, crop: int = 28,
-             init_scale: float | None = None) -> SpatialTransformer:
+                      scale_range: tuple[float, float] | None = (0.25, 0.6), init_scale: float = 0.5
+                      ) -> SpatialTransformer:
     """Build the co-localisation transformer: an attention crop of ``crop`` x ``crop`` pixels.
 
     Not in the model registry, whose models are classifiers (inputs -> logits); this maps (N, C, 84, 84) images to
@@ -61,19 +102,20 @@ def coloc_transformer(input_size: int | Sequence[int] = 84, in_channels: int = 1
         input_size: (H, W) of the input images.
         in_channels: C.
         crop: output side (the encoder's input size, 28 for MNIST).
-        init_scale: start from a centred window of this scale (e.g. ``crop / 84``) instead of the identity (the
-            whole image): the bias of the regression layer is set to ``(init_scale, 0, 0)``.
+        scale_range: bounds of the window's scale (:class:`AttentionWindowHead`, window kept inside the image); None
+            for the plain identity-initialised regression (unbounded, starting from the whole image).
+        init_scale: the window's scale at initialisation, centred (with ``scale_range``): 0.5 overlaps most digits
+            (28/84 = 0.33 is a digit's size), so the loss has a gradient for most images from the start.
 
     Example:
-        >>> st = coloc_transformer(init_scale=1 / 3)
+        >>> st = coloc_transformer()
         >>> st(torch.rand(2, 1, 84, 84)).shape
         torch.Size([2, 1, 28, 28])
     """
     loc, feat = coloc_localization(input_size, in_channels)
     st = SpatialTransformer(loc, "attention", output_size=crop, in_features=feat)
-    if init_scale is not None:
-        with torch.no_grad():
-            st.head.bias.copy_(torch.tensor([float(init_scale), 0.0, 0.0]))
+    if scale_range is not None:
+        st.head = AttentionWindowHead(feat, scale_range, init_scale)
     return st
 
 
@@ -81,10 +123,14 @@ class CNNEmbedding(nn.Module):
     """Frozen embedding e(.) of a Table 1 CNN: its three layers' activations, flattened and concatenated.
 
     The CNN is put in eval mode and its parameters stop requiring gradients (gradients still flow to the input,
-    which is how the transformer in front of it learns).
+    which is how the transformer in front of it learns). With ``normalize`` each layer's activation vector is
+    scaled to unit length before concatenation: the raw first layer has ~20x the dimensions of the others and
+    squared distances in the thousands, which would both drown the other layers and make the triplet loss's margin
+    of 1 meaningless; normalised, every layer counts and distances lie in [0, 12].
 
     Args:
         cnn: a trained :class:`~stnkit.models.CNN`.
+        normalize: scale each layer's activations to unit L2 norm.
 
     Shapes:
         (N, C, H, W) -> (N, c1 * H/2 * W/2 + c2 * H/4 * W/4 + num_classes).
@@ -95,8 +141,9 @@ class CNNEmbedding(nn.Module):
         torch.Size([2, 1186])
     """
 
-    def __init__(self, cnn: CNN) -> None:
+    def __init__(self, cnn: CNN, normalize: bool = True) -> None:
         super().__init__()
+        self.normalize = bool(normalize)
         if not isinstance(cnn, CNN):
             raise TypeError(f"CNNEmbedding needs a stnkit.models.CNN; got {type(cnn).__name__}")
         self.cnn = cnn
@@ -116,5 +163,6 @@ class CNNEmbedding(nn.Module):
         for i, layer in enumerate(self.cnn.net):
             x = layer(x)
             if i in self._taps:
-                feats.append(x.flatten(1))  # (N, D_i)
+                f = x.flatten(1)  # (N, D_i)
+                feats.append(F.normalize(f, dim=1, eps=1e-6) if self.normalize else f)
         return torch.cat(feats, dim=1)  # (N, D)

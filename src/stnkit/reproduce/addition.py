@@ -1,0 +1,275 @@
+"""MNIST addition (Jaderberg et al. 2015, App. A.1): test error (%) of FCN, CNN, ST-FCN and 2xST-FCN.
+
+Input: two 42x42 channels, each holding its own RTS-distorted digit; target: their sum (19 classes). Rows: the FCN,
+the CNN, a single ST-FCN (one transformer warping both channels) and the 2xST-FCN (two transformers in parallel,
+each seeing both channels and warping both, outputs concatenated into 4 channels for the FCN), the ST rows with
+affine, projective and 16-point TPS transformers: 8 cells, all trained by :func:`stnkit.training.fit` with the same
+parameter budget (400k: two ST-FCN localisation nets on 2x42x42 inputs take 230k). Figure: what each of the two
+parallel transformers attends to.
+
+Budgets: ``smoke`` (seconds per cell, for tests); ``cpu`` (the fast CPU recipe, 1,500 steps of batch 128 per cell:
+about 45 minutes for the 8 cells on the project's 2-core machine, measured rates in :data:`BUDGETS`); ``paper``
+(App. A.4's SGD recipe, 150k iterations, 3 seeds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stnkit.reproduce.cells import FitCell, run_fit_cells, select
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+
+__all__ = ["BUDGETS", "CELLS", "PAPER", "attention_shares", "run", "write_outputs"]
+
+NAME = "addition"
+TRANSFORMS = ("affine", "projective", "tps")
+T_LABEL = {"affine": "Aff", "projective": "Proj", "tps": "TPS"}
+PARAM_BUDGET = 400_000
+
+#: Test error (%) of App. A.1. The paper reports the single ST-FCN's best transformer only (18.5); the per-transform
+#: 2xST-FCN numbers are from secondary transcriptions (the paper's text quotes 5.8 for the best).
+PAPER: dict[str, float] = {
+    "fcn": 47.7, "cnn": 14.7,
+    **{f"st-fcn-{t}": 18.5 for t in TRANSFORMS},
+    "st-fcn-x2-affine": 9.0, "st-fcn-x2-projective": 5.9, "st-fcn-x2-tps": 5.8,
+}
+PAPER_NOTE = {**{f"st-fcn-{t}": "best single ST-FCN" for t in TRANSFORMS},
+              **{f"st-fcn-x2-{t}": "secondary" for t in TRANSFORMS}}
+
+
+def _cells() -> list[FitCell]:
+    base = {"dataset": NAME, "param_budget": PARAM_BUDGET}
+    cells = [FitCell("fcn", "FCN", {**base, "model": "fcn"}, PAPER["fcn"]),
+             FitCell("cnn", "CNN", {**base, "model": "cnn"}, PAPER["cnn"])]
+    for model, label in (("st-fcn", "ST-FCN"), ("st-fcn-x2", "2xST-FCN")):
+        cells += [FitCell(f"{model}-{t}", f"{label} {T_LABEL[t]}", {**base, "model": model, "transform": t},
+                          PAPER[f"{model}-{t}"]) for t in TRANSFORMS]
+    return cells
+
+
+CELLS = _cells()
+
+#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread per run, others working on it),
+#: a training step of batch 128 takes about 0.1 s (FCN) to 0.35 s (CNN) with data generation included, so 1,500
+#: steps are 3-9 minutes per cell and about 45 minutes for the table.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
+              "test_subset": 128, "val_size": 64},
+    "cpu": {"recipe": "cpu", "steps": 1500, "eval_every": 500},
+    "paper": {"recipe": "paper"},
+}
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
+
+
+def run(
+    out: str | Path = "results/addition",
+    budget: str = "cpu",
+    cells: Sequence[str] | None = None,
+    seeds: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+    figures: bool = True,
+    overrides: dict[str, Any] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train and test the selected cells (skipping finished ones), then write the table and the figure.
+
+    Args:
+        out: output folder (``addition.json``, ``addition.md``, ``fig_addition.png``, ``cells/``).
+        budget: ``"smoke"``, ``"cpu"`` or ``"paper"`` (see :data:`BUDGETS`).
+        cells: shell patterns over the cell keys (``fcn``, ``cnn``, ``st-fcn-affine``, ``st-fcn-x2-*`` ...).
+        seeds: seeds per cell (averaged); default 1 (3 for ``paper``).
+        data_dir: MNIST folder (default ``$STNKIT_DATA``, then the cache).
+        progress: progress bars.
+        figures: draw the parallel transformers' figure.
+        overrides: extra TrainConfig fields for every cell (e.g. ``{"threads": 2}``).
+        log: where progress lines go.
+
+    Returns:
+        The table as written to ``addition.json``.
+    """
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    out = Path(out)
+    run_fit_cells(out, select(CELLS, cells, NAME), budget, BUDGETS[budget], seeds or DEFAULT_SEEDS[budget],
+                  data_dir, progress, overrides, log, after_cell=lambda: write_outputs(out, budget, figures=False))
+    return write_outputs(out, budget, figures=figures, data_dir=data_dir)
+
+
+def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: str | None = None
+                  ) -> dict[str, Any]:
+    """(Re)write ``addition.json`` and ``addition.md`` (and the figure) from the finished cells in ``out``."""
+    out = Path(out)
+    finished = CellStore(out).finished(c.key for c in CELLS)
+    table: dict[str, Any] = {"budget": budget, "recipe": _recipe_summary(budget), "param_budget": PARAM_BUDGET,
+                             "cells": [finished[c.key] for c in CELLS if c.key in finished]}
+    shares_path = out / "attention_shares.json"
+    if figures:
+        shares = _figure(out, finished, data_dir)
+        if shares is not None:
+            atomic_write_text(shares_path, json.dumps(shares, indent=2) + "\n")
+    if shares_path.exists():
+        table["attention_shares"] = json.loads(shares_path.read_text())
+    atomic_write_text(out / f"{NAME}.json", json.dumps(table, indent=2) + "\n")
+    atomic_write_text(out / f"{NAME}.md", render_markdown(table))
+    return table
+
+
+def _recipe_summary(budget: str) -> dict[str, Any]:
+    from stnkit.training.recipes import get_recipe
+
+    fields = dict(BUDGETS[budget])
+    return get_recipe(fields.pop("recipe"), **{k: v for k, v in fields.items() if k in ("steps", "eval_every")}
+                      ).to_dict()
+
+
+def render_markdown(table: dict[str, Any]) -> str:
+    """Render the side-by-side table (ours vs the paper) and the ordering checks."""
+    by_key = {c["key"]: c for c in table["cells"]}
+    r = table["recipe"]
+    lines = [
+        "# MNIST addition reproduction (App. A.1): test error (%)\n",
+        f"Budget **{table['budget']}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
+        f"batch {r['batch_size']}, {r['steps']} iterations per cell; every model ~{table['param_budget']:,} "
+        "parameters; ST outputs 21x21 (halved as for RTS). Input: two 42x42 channels with independently RTS-"
+        "distorted digits; target: their sum (19 classes).\n",
+    ]
+    rows = []
+    for c in CELLS:
+        res = by_key.get(c.key)
+        note = f" ({PAPER_NOTE[c.key]})" if c.key in PAPER_NOTE else ""
+        if res is None:
+            rows.append([c.label, "not run", f"{fmt(c.paper, 1)}{note}", "—", "—", "—"])
+            continue
+        diff = None if c.paper is None else res["error"] - c.paper
+        rows.append([c.label, f"**{fmt(res['error'])}**", f"{fmt(c.paper, 1)}{note}", fmt(diff, 2, signed=True),
+                     f"{res['params']:,}", f"{res['train_s'] / 60:.1f} min"])
+    lines.append(markdown_table(["model", "ours", "paper", "ours − paper", "params", "training"], rows))
+    lines.append("## Does the paper's ordering hold?\n")
+    lines += [f"- {line}" for line in ordering_checks(by_key)]
+    shares = table.get("attention_shares")
+    if shares:
+        lines.append(f"\n## Do the two parallel transformers attend to different digits? ({shares['cell']})\n")
+        lines.append("Share of each branch's output ink that comes from channel 1's digit (0.5 = both digits "
+                     f"equally; over {shares['n']} test images): "
+                     + ", ".join(f"branch {i + 1}: {s:.2f}" for i, s in enumerate(shares["channel1_share"]))
+                     + ". Figure: `fig_addition.png`.\n")
+    lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. Code: stnkit "
+                 f"{', '.join(sorted({c['version'] for c in table['cells']})) or '—'}, commit(s) "
+                 f"{', '.join(sorted({c['commit'] for c in table['cells']})) or '—'}.\n")
+    return "\n".join(lines)
+
+
+def ordering_checks(by_key: dict[str, dict[str, Any]]) -> list[str]:
+    """State whether 2xST-FCN < CNN < single ST-FCN < FCN in error per transform (the paper's ordering)."""
+    lines = []
+    for t in TRANSFORMS:
+        chain = [("2xST-FCN", f"st-fcn-x2-{t}"), ("CNN", "cnn"), ("ST-FCN", f"st-fcn-{t}"), ("FCN", "fcn")]
+        errs = [(label, by_key[k]["error"]) for label, k in chain if k in by_key]
+        if len(errs) < len(chain):
+            lines.append(f"{T_LABEL[t]}: 2xST-FCN < CNN < ST-FCN < FCN: not all cells run yet")
+            continue
+        holds = all(a[1] < b[1] for a, b in zip(errs, errs[1:]))
+        lines.append(f"{T_LABEL[t]}: 2xST-FCN < CNN < ST-FCN < FCN: {'holds' if holds else 'does NOT hold'} ("
+                     + ", ".join(f"{label} {e:.2f}" for label, e in errs) + ")")
+    return lines
+
+
+def attention_shares(model: Any, images: torch.Tensor) -> list[float]:
+    """Return, per parallel branch, the share of its output ink that comes from channel 1 (the second digit).
+
+    Each branch warps both channels with one transform; a branch that attends to the first digit outputs mostly
+    channel 0's ink (share near 0), one that attends to the second outputs mostly channel 1's (near 1).
+
+    Args:
+        model: a :class:`~stnkit.models.addition.ParallelSTClassifier` over 2-channel inputs.
+        images: inputs (N, 2, H, W).
+
+    Returns:
+        One share in [0, 1] per branch.
+    """
+    model.eval()
+    with torch.no_grad():
+        merged, _ = model.transform(images)  # (N, 2k, H_out, W_out): branch b = channels 2b, 2b + 1
+    ink = merged.clamp_min(0).sum(dim=(2, 3)).view(images.shape[0], -1, 2)  # (N, k, 2)
+    share = ink[..., 1] / ink.sum(dim=2).clamp_min(1e-6)  # (N, k)
+    return [round(float(s), 3) for s in share.mean(dim=0)]
+
+
+def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6
+            ) -> dict[str, Any] | None:
+    """Draw the best finished 2xST-FCN's branches on test inputs; return its attention shares."""
+    x2 = [finished[k] for k in (f"st-fcn-x2-{t}" for t in TRANSFORMS) if k in finished]
+    run_dir = None
+    for cell in sorted(x2, key=lambda c: c["error"]):
+        candidate = out / "cells" / cell["key"] / "s0"
+        if (candidate / "checkpoints" / "last.ckpt").exists():
+            run_dir, key = candidate, cell["key"]
+            break
+    if run_dir is None:
+        return None
+    from stnkit.training import load_checkpoint
+    from stnkit.viz import _test_images
+
+    lit, config, _ = load_checkpoint(run_dir)
+    images, labels = _test_images(config, 500, data_dir)
+    shares = attention_shares(lit.model, images)
+    fig = parallel_figure(lit.model, images[:n], labels[:n], f"{key}: each branch's attended region (branch 1 "
+                          "cyan, branch 2 magenta) on the input (channel 1 red, channel 2 green), and its output")
+    fig.savefig(out / "fig_addition.png", dpi=90)
+    return {"cell": key, "n": int(images.shape[0]), "channel1_share": shares}
+
+
+def _rgb(two: torch.Tensor) -> torch.Tensor:
+    """(2, H, W) -> (3, H, W): channel 1 red, channel 2 green."""
+    return torch.cat([two, torch.zeros_like(two[:1])]).clamp(0, 1)
+
+
+def parallel_figure(model: Any, images: torch.Tensor, labels: torch.Tensor | None, title: str) -> Any:
+    """Draw each 2-channel input with every branch's attended region, then each branch's output.
+
+    Args:
+        model: a :class:`~stnkit.models.addition.ParallelSTClassifier`.
+        images: inputs (N, 2, H, W).
+        labels: optional sums (N,) for the panel titles.
+        title: figure title.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    from stnkit.viz import _imshow, attended_region
+
+    model.eval()
+    with torch.no_grad():
+        merged, params = model.transform(images)
+        preds = model(images).argmax(1)
+    branches = model.transformers.branches
+    colours = ("tab:cyan", "tab:pink", "tab:olive", "tab:orange")
+    n, k = images.shape[0], len(branches)
+    h, w = images.shape[2:]
+    fig = Figure(figsize=(1.7 * (1 + k), 1.8 * n + 0.5), layout="constrained")
+    axes = fig.subplots(n, 1 + k, squeeze=False)
+    for i in range(n):
+        _imshow(axes[i, 0], _rgb(images[i]))
+        for b, st in enumerate(branches):
+            region = attended_region(st.transform, params[b][i:i + 1].float(), (h, w), align_corners=st.align_corners)
+            axes[i, 0].plot(region[0, :, 0], region[0, :, 1], color=colours[b % 4], lw=1.2)
+            _imshow(axes[i, 1 + b], _rgb(merged[i, 2 * b:2 * b + 2]))
+        axes[i, 0].set_xlim(-0.5, w - 0.5)
+        axes[i, 0].set_ylim(h - 0.5, -0.5)
+        if labels is not None:
+            axes[i, 0].set_title(f"sum {int(labels[i])}, pred {int(preds[i])}", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for b in range(k):
+        axes[0, 1 + b].set_title(f"branch {b + 1}", fontsize=8, color=colours[b % 4])
+    fig.suptitle(title, fontsize=9)
+    return fig

@@ -1,0 +1,285 @@
+"""Attention for efficiency: a transformer's small crop of a large input vs the CNN on the full input.
+
+An attention transformer reads a small crop of a large cluttered input, so the classifier runs at the crop's
+resolution; it is compared with the CNN on the full-resolution input (the paper's point that a transformer can
+downsample, Sec. 3.4, and its TC experiments).
+
+Data: translated + cluttered MNIST (the ``"tc"`` preset) at 60x60 (6 clutter crops, Table 1's TC) and in a 120x120
+canvas (24 crops: the same clutter density). Cells per canvas: the CNN on the full input, and the attention ST-CNN
+(``"st-cnn-attention"``: localisation on a ~30x30 pooled input, a 30x30 or 20x20 crop, the same CNN widths on the
+crop). Reported side by side from one run: test error, and the measured training and inference time per image of
+every model (timed back to back in the same process, interleaved, best of several batches).
+
+Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the fast CPU recipe cut to 800 steps of batch 64, the same for
+every cell: about 40 minutes for the 6 cells on the project's 2-core machine, most of it the 120x120 CNN; see
+:data:`BUDGETS`); ``paper`` (App. A.4's SGD recipe, 150k iterations, 3 seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stnkit.reproduce.cells import FitCell, run_fit_cells, select
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+
+__all__ = ["BUDGETS", "CELLS", "run", "time_model", "timings", "write_outputs"]
+
+NAME = "attention"
+CHANNELS = [16, 32]  # the conv widths of every classifier here: like-for-like compute
+CANVASES = {60: {"clutter": 6}, 120: {"clutter": 24}}
+CROPS = (30, 20)
+
+#: The paper has no table for this comparison; for the 60x60 canvas its Table 1 TC errors are the reference (CNN
+#: 3.5 %, ST-CNN 1.7 %, the ST-CNN there with a full-size output).
+PAPER = {"tc60-cnn": 3.5, **{f"tc60-st-crop{c}": 1.7 for c in CROPS}}
+
+
+def _cells() -> list[FitCell]:
+    cells = []
+    for size, extra in CANVASES.items():
+        base = {"dataset": "tc", "distortion": {"canvas_size": size, **extra}}
+        cells.append(FitCell(f"tc{size}-cnn", f"CNN on {size}x{size}", {**base, "model": "cnn",
+                             "model_kwargs": {"channels": CHANNELS}}, PAPER.get(f"tc{size}-cnn"),
+                             {"canvas": size, "crop": None}))
+        for crop in CROPS:
+            key = f"tc{size}-st-crop{crop}"
+            cells.append(FitCell(key, f"ST-CNN, {crop}x{crop} crop of {size}x{size}",
+                                 {**base, "model": "st-cnn-attention", "transform": "attention",
+                                  "model_kwargs": {"channels": CHANNELS, "crop": crop}}, PAPER.get(key),
+                                 {"canvas": size, "crop": crop}))
+    return cells
+
+
+CELLS = _cells()
+
+#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread, shared), a batch-64 step takes
+#: about 1.5 s for the 120x120 CNN (20 minutes for 800 steps), 0.4 s for the 60x60 CNN and 0.1-0.2 s for the
+#: attention models (data generation included): about 40 minutes for the 6 cells.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
+              "test_subset": 128, "val_size": 64},
+    "cpu": {"recipe": "cpu", "steps": 800, "batch_size": 64, "eval_every": 400},
+    "paper": {"recipe": "paper"},
+}
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
+TIMING = {"smoke": {"batch": 8, "repeats": 2}, "cpu": {"batch": 64, "repeats": 10},
+          "paper": {"batch": 64, "repeats": 10}}
+
+
+def run(
+    out: str | Path = "results/attention",
+    budget: str = "cpu",
+    cells: Sequence[str] | None = None,
+    seeds: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+    figures: bool = True,
+    overrides: dict[str, Any] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train and test the selected cells (skipping finished ones), time every model, write tables and figures.
+
+    Args:
+        out: output folder (``attention.json``, ``attention.md``, ``timing.json``, ``fig_attention_*.png``).
+        budget: ``"smoke"``, ``"cpu"`` or ``"paper"`` (see :data:`BUDGETS`).
+        cells: shell patterns over the cell keys (``tc120-*``, ``*-cnn``, ``tc60-st-crop20`` ...).
+        seeds: seeds per cell (averaged); default 1 (3 for ``paper``).
+        data_dir: MNIST folder (default ``$STNKIT_DATA``, then the cache).
+        progress: progress bars.
+        figures: draw the crops the transformers choose.
+        overrides: extra TrainConfig fields for every cell (e.g. ``{"threads": 2}``).
+        log: where progress lines go.
+
+    Returns:
+        The table as written to ``attention.json``.
+    """
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    out = Path(out)
+    chosen = select(CELLS, cells, NAME)
+    run_fit_cells(out, chosen, budget, BUDGETS[budget], seeds or DEFAULT_SEEDS[budget], data_dir, progress,
+                  overrides, log, after_cell=lambda: write_outputs(out, budget, figures=False))
+    log(f"timing {len(CELLS)} models back to back (train step and inference, per image)")
+    timing = timings(CELLS, **TIMING[budget])
+    atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
+    return write_outputs(out, budget, figures=figures, data_dir=data_dir)
+
+
+def _build(cell: FitCell) -> torch.nn.Module:
+    from stnkit.models import create
+
+    f = cell.fields
+    kw = {"input_size": cell.info["canvas"], **f["model_kwargs"]}
+    if f["model"] != "cnn":
+        kw["transform"] = f["transform"]
+    return create(f["model"], **kw)
+
+
+def time_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Time one training step (forward, backward, Adam update) and one inference (eval, no grad) on a batch.
+
+    Returns:
+        ``{"train_ms", "infer_ms"}``: milliseconds per image of this single measurement.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    t0 = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    t1 = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    t2 = time.perf_counter()
+    n = x.shape[0]
+    return {"train_ms": (t1 - t0) * 1000 / n, "infer_ms": (t2 - t1) * 1000 / n}
+
+
+def timings(cells: Sequence[FitCell], batch: int = 64, repeats: int = 10) -> dict[str, Any]:
+    """Time every cell's model back to back in this process: interleaved rounds, best round per model.
+
+    The timing does not depend on the weights, so fresh models are timed; one warm-up round is discarded.
+
+    Args:
+        cells: the cells (their models are built from the cell fields).
+        batch: images per measured batch.
+        repeats: measured rounds (each times every model once).
+
+    Returns:
+        ``{"batch", "repeats", "threads", "models": {key: {"train_ms", "infer_ms", "params"}}}`` (ms per image).
+    """
+    from stnkit.models import count_params
+
+    g = torch.Generator().manual_seed(0)
+    models = {c.key: _build(c) for c in cells}
+    inputs = {c.key: torch.rand(batch, 1, c.info["canvas"], c.info["canvas"], generator=g) for c in cells}
+    y = torch.randint(0, 10, (batch,), generator=g)
+    best: dict[str, dict[str, float]] = {}
+    for r in range(repeats + 1):
+        for key, model in models.items():
+            t = time_model(model, inputs[key], y)
+            if r == 0:
+                continue  # warm-up: allocator and kernel selection
+            cur = best.setdefault(key, {"train_ms": float("inf"), "infer_ms": float("inf")})
+            cur["train_ms"] = min(cur["train_ms"], t["train_ms"])
+            cur["infer_ms"] = min(cur["infer_ms"], t["infer_ms"])
+    return {
+        "batch": batch, "repeats": repeats, "threads": torch.get_num_threads(),
+        "models": {k: {"train_ms": round(v["train_ms"], 4), "infer_ms": round(v["infer_ms"], 4),
+                       "params": count_params(models[k])} for k, v in best.items()},
+    }
+
+
+def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: str | None = None
+                  ) -> dict[str, Any]:
+    """(Re)write ``attention.json`` and ``attention.md`` (and the figures) from the finished cells in ``out``."""
+    out = Path(out)
+    finished = CellStore(out).finished(c.key for c in CELLS)
+    timing_path = out / "timing.json"
+    table: dict[str, Any] = {
+        "budget": budget, "recipe": _recipe_summary(budget), "channels": CHANNELS,
+        "cells": [finished[c.key] for c in CELLS if c.key in finished],
+        "timing": json.loads(timing_path.read_text()) if timing_path.exists() else None,
+    }
+    if figures:
+        _figures(out, finished, data_dir)
+    atomic_write_text(out / f"{NAME}.json", json.dumps(table, indent=2) + "\n")
+    atomic_write_text(out / f"{NAME}.md", render_markdown(table))
+    return table
+
+
+def _recipe_summary(budget: str) -> dict[str, Any]:
+    from stnkit.training.recipes import get_recipe
+
+    fields = dict(BUDGETS[budget])
+    return get_recipe(fields.pop("recipe"), **{k: v for k, v in fields.items()
+                                                if k in ("steps", "eval_every", "batch_size")}).to_dict()
+
+
+def render_markdown(table: dict[str, Any]) -> str:
+    """Render error and time side by side per canvas, and whether the attention model is faster and as accurate."""
+    by_key = {c["key"]: c for c in table["cells"]}
+    timing = (table.get("timing") or {}).get("models", {})
+    r = table["recipe"]
+    t = table.get("timing") or {}
+    lines = [
+        "# Attention for efficiency: a transformer's crop vs the full-resolution CNN\n",
+        f"Budget **{table['budget']}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
+        f"batch {r['batch_size']}, {r['steps']} iterations per cell. Translated + cluttered MNIST (6x6 clutter at "
+        f"the density of Table 1's TC). Every classifier is the Table 1 CNN with conv widths {table['channels']}; "
+        "the attention models' localisation net sees a ~30x30 pooled input. Times: ms per image, "
+        + (f"measured back to back in one process ({t.get('threads')} threads, batch {t.get('batch')}, best of "
+           f"{t.get('repeats')} interleaved rounds)" if t else "not measured yet")
+        + "; the paper's reference for 60x60 is Table 1's TC (CNN 3.5 %, ST-CNN 1.7 %).\n",
+    ]
+    rows = []
+    for c in CELLS:
+        res, tm = by_key.get(c.key), timing.get(c.key, {})
+        base = timing.get(f"tc{c.info['canvas']}-cnn", {})
+        speed = (f"{base['infer_ms'] / tm['infer_ms']:.1f}x / {base['train_ms'] / tm['train_ms']:.1f}x"
+                 if tm and base else "—")
+        rows.append([c.label, f"**{fmt(res['error'])}**" if res else "not run", fmt(c.paper, 1),
+                     fmt(tm.get("train_ms"), 3), fmt(tm.get("infer_ms"), 3), speed,
+                     f"{tm['params']:,}" if tm else "—"])
+    lines.append(markdown_table(["model", "test error %", "paper", "train ms/img", "infer ms/img",
+                                 "speed-up vs CNN (infer / train)", "params"], rows))
+    lines.append("## Is the attention model faster and at least as accurate?\n")
+    lines += [f"- {line}" for line in efficiency_checks(by_key, timing)]
+    lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. Figures: `fig_attention_60.png`, "
+                 "`fig_attention_120.png` (the crop each transformer reads, red, and the crop itself).\n")
+    return "\n".join(lines)
+
+
+def efficiency_checks(by_key: dict[str, dict[str, Any]], timing: dict[str, dict[str, float]]) -> list[str]:
+    """Per canvas and crop: is the attention model faster (inference and training) and at least as accurate?"""
+    lines = []
+    for size in CANVASES:
+        cnn = by_key.get(f"tc{size}-cnn")
+        for crop in CROPS:
+            key = f"tc{size}-st-crop{crop}"
+            st = by_key.get(key)
+            t_st, t_cnn = timing.get(key), timing.get(f"tc{size}-cnn")
+            if st is None or cnn is None or t_st is None or t_cnn is None:
+                lines.append(f"{size}x{size}, crop {crop}: not all cells run yet")
+                continue
+            faster = t_st["infer_ms"] < t_cnn["infer_ms"] and t_st["train_ms"] < t_cnn["train_ms"]
+            accurate = st["error"] <= cnn["error"]
+            lines.append(f"{size}x{size}, crop {crop}: faster: {'yes' if faster else 'NO'} "
+                         f"({t_cnn['infer_ms'] / t_st['infer_ms']:.1f}x inference); at least as accurate: "
+                         f"{'yes' if accurate else 'NO'} ({st['error']:.2f} % vs CNN {cnn['error']:.2f} %)")
+    return lines
+
+
+def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6) -> list[Path]:
+    """Draw, per canvas, the crops the finished attention models read on the same test inputs."""
+    from stnkit.reproduce.figures import transformer_rows
+    from stnkit.training import load_checkpoint
+    from stnkit.viz import _test_images
+
+    written = []
+    for size in CANVASES:
+        rows, images = [], None
+        for crop in CROPS:
+            key = f"tc{size}-st-crop{crop}"
+            run_dir = out / "cells" / key / "s0"
+            if key not in finished or not (run_dir / "checkpoints" / "last.ckpt").exists():
+                continue
+            lit, config, _ = load_checkpoint(run_dir)
+            if images is None:
+                images, _labels = _test_images(config, n, data_dir)
+            rows.append((f"crop {crop}", lit.model))
+        if rows and images is not None:
+            fig = transformer_rows(rows, images, f"TC {size}x{size}: the attended crop (red) and what the "
+                                   "classifier reads")
+            path = out / f"fig_attention_{size}.png"
+            fig.savefig(path, dpi=90)
+            written.append(path)
+    return written

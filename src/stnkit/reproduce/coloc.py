@@ -1,0 +1,287 @@
+"""Co-localisation (Jaderberg et al. 2015, App. A.2): % of images whose attended box has IoU > 0.5, per digit.
+
+For each digit class and each variant (T: a 28x28 digit at a random place in 84x84; TC: plus 16 random 6x6
+clutter crops), 100 test images of that class are given to an attention transformer trained only with the triplet
+loss on embeddings of a frozen MNIST CNN (:mod:`stnkit.training.coloc`); no box is ever seen. Cells: ``encoder``
+(the Table 1 CNN trained on plain MNIST through :func:`stnkit.training.fit`) and ``t-0`` ... ``tc-9``. Figure: the
+boxes over optimisation steps (the paper's Fig. 4).
+
+Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the encoder with the fast CPU recipe, 600 steps, then 500 full-
+batch steps per class set: about 4 minutes plus 20 x 2.5 minutes, so about 55 minutes on the project's 2-core
+machine, see :data:`BUDGETS`); ``paper`` (the encoder with App. A.4's recipe, 2,000 steps per set, 3 seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stnkit.reproduce.cells import check_budget, select, train_or_resume
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, provenance
+
+__all__ = ["BUDGETS", "CELLS", "ColocCell", "boxes_figure", "run", "write_outputs"]
+
+NAME = "coloc"
+KINDS = ("t", "tc")
+#: The paper: T 100 % for every digit; TC between 75 % and 93 % depending on the digit (per-digit values are in
+#: its appendix table; the range is what PAPER.md records).
+PAPER = {"t": (100.0, 100.0), "tc": (75.0, 93.0)}
+HISTORY_IMAGES = 8  # images whose box trajectory is kept in the result (for the figure)
+
+
+@dataclass(frozen=True)
+class ColocCell:
+    """One co-localisation set: a digit class in the T or TC variant."""
+
+    kind: str
+    digit: int
+
+    @property
+    def key(self) -> str:
+        """Folder name, e.g. ``tc-7``."""
+        return f"{self.kind}-{self.digit}"
+
+
+CELLS = [ColocCell(k, d) for k in KINDS for d in range(10)]
+
+#: Per budget: the encoder's TrainConfig fields, the transformer's optimisation (full-batch Adam steps, lr, box
+#: evaluations) and the set size. ``cpu``: measured on the 2-core machine (1 thread, shared), an optimisation step
+#: on 100 images takes about 0.3 s.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"encoder": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
+                          "test_subset": 128, "val_size": 64},
+              "steps": 3, "eval_every": 1, "lr": 1e-3, "n": 8},
+    "cpu": {"encoder": {"recipe": "cpu", "steps": 600, "eval_every": 300}, "steps": 500, "eval_every": 50,
+            "lr": 1e-3, "n": 100},
+    "paper": {"encoder": {"recipe": "paper"}, "steps": 2000, "eval_every": 100, "lr": 1e-3, "n": 100},
+}
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
+
+
+def run(
+    out: str | Path = "results/coloc",
+    budget: str = "cpu",
+    cells: Sequence[str] | None = None,
+    seeds: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+    figures: bool = True,
+    overrides: dict[str, Any] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train the encoder (once), then co-localise every selected class set (skipping finished ones).
+
+    Args:
+        out: output folder (``coloc.json``, ``coloc.md``, ``fig_coloc.png``, ``cells/``).
+        budget: ``"smoke"``, ``"cpu"`` or ``"paper"`` (see :data:`BUDGETS`).
+        cells: shell patterns over the cell keys (``t-*``, ``tc-3`` ...).
+        seeds: seeds per set (the choice and placement of the digits, the transformer's initialisation); averaged.
+        data_dir: MNIST folder (default ``$STNKIT_DATA``, then the cache).
+        progress: progress bars.
+        figures: draw the boxes over optimisation steps.
+        overrides: extra TrainConfig fields of the encoder's training (e.g. ``{"threads": 2}``).
+        log: where progress lines go.
+
+    Returns:
+        The table as written to ``coloc.json``.
+    """
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    out = Path(out)
+    chosen = select(CELLS, cells, NAME)
+    n_seeds = seeds or DEFAULT_SEEDS[budget]
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be >= 1; got {n_seeds}")
+    check_budget(out, budget)
+    b = BUDGETS[budget]
+    store = CellStore(out)
+    log(f"encoder: the Table 1 CNN on plain MNIST ({budget} budget)")
+    enc_fields = {"dataset": "plain", "model": "cnn", "seed": 0, "data_dir": data_dir, "progress": progress,
+                  **b["encoder"], **(overrides or {})}
+    encoder_metrics = train_or_resume(store.cell_dir("encoder") / "s0", **enc_fields)
+    log(f"encoder: {encoder_metrics['test_err']:.2f} % test error on MNIST")
+    encoder = None
+    data = None
+    for i, cell in enumerate(chosen, 1):
+        done = store.load(cell.key)
+        if done is not None and done.get("seeds", 0) >= n_seeds:
+            log(f"[{i}/{len(chosen)}] {cell.key}: done ({done['correct']:.0f} % correct), skipped")
+            continue
+        if encoder is None:
+            encoder, data = _load(store.cell_dir("encoder") / "s0", data_dir)
+        t0 = time.time()
+        results = [_colocalise(cell, seed, encoder, data, b, store.cell_dir(cell.key) / f"s{seed}", progress)
+                   for seed in range(n_seeds)]
+        corrects = [r["correct"] for r in results]
+        lo, hi = PAPER[cell.kind]
+        result = {
+            "key": cell.key, "kind": cell.kind, "digit": cell.digit, "correct": statistics.fmean(corrects),
+            "corrects": corrects, "iou": statistics.fmean(r["iou"] for r in results), "seeds": n_seeds,
+            "n": len(results[0]["ious"]), "steps": results[0]["steps"], "lr": b["lr"],
+            "train_s": round(sum(r["train_s"] for r in results), 1), "ious": results[0]["ious"],
+            "true_boxes": results[0]["true_boxes"][:HISTORY_IMAGES], "boxes": results[0]["boxes"][:HISTORY_IMAGES],
+            "history": [{"step": h["step"], "params": h["params"][:HISTORY_IMAGES]} for h in results[0]["history"]],
+            "encoder_test_err": encoder_metrics["test_err"], "budget": budget, "paper": [lo, hi], **provenance(),
+        }
+        store.save(cell.key, result)
+        log(f"[{i}/{len(chosen)}] {cell.key}: {result['correct']:.0f} % correct (IoU > 0.5), mean IoU "
+            f"{result['iou']:.2f} (paper {lo:.0f}" + (f"-{hi:.0f}" if hi != lo else "") + f" %), "
+            f"{time.time() - t0:.0f} s")
+        write_outputs(out, budget, figures=False)
+    return write_outputs(out, budget, figures=figures, data_dir=data_dir)
+
+
+def _load(encoder_dir: Path, data_dir: str | None) -> tuple[Any, tuple[torch.Tensor, ...]]:
+    from stnkit.data import find_mnist, load_mnist
+    from stnkit.training import load_checkpoint
+
+    lit, _config, _ = load_checkpoint(encoder_dir)
+    root = find_mnist(data_dir, download=False)
+    test_x, test_y = load_mnist(root, split="test")
+    train_x, _ = load_mnist(root, split="train")
+    return lit.model, (test_x, test_y, train_x)
+
+
+def _colocalise(cell: ColocCell, seed: int, encoder: Any, data: tuple[torch.Tensor, ...] | None,
+                budget: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
+    """Co-localise one seed of one set; the finished result is kept in ``run_dir/result.json``."""
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    from stnkit.data import make_coloc_set
+    from stnkit.training.coloc import fit_coloc
+
+    assert data is not None  # loaded with the encoder
+    test_x, test_y, train_x = data
+    s = make_coloc_set(test_x, test_y, cell.digit, kind=cell.kind, n=budget["n"], seed=seed, clutter_pool=train_x)
+    result = fit_coloc(s, encoder, steps=budget["steps"], eval_every=budget["eval_every"], lr=budget["lr"],
+                       seed=seed, out=run_dir, progress=progress)
+    atomic_write_text(done, json.dumps(result) + "\n")
+    return result
+
+
+def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: str | None = None
+                  ) -> dict[str, Any]:
+    """(Re)write ``coloc.json`` and ``coloc.md`` (and the figure) from the finished cells in ``out``."""
+    out = Path(out)
+    finished = CellStore(out).finished(c.key for c in CELLS)
+    b = BUDGETS[budget]
+    table = {"budget": budget, "steps": b["steps"], "lr": b["lr"], "n": b["n"], "encoder": b["encoder"],
+             "cells": [finished[c.key] for c in CELLS if c.key in finished]}
+    if figures and finished:
+        _figure(out, finished, data_dir)
+    atomic_write_text(out / f"{NAME}.json", json.dumps(table) + "\n")
+    atomic_write_text(out / f"{NAME}.md", render_markdown(table))
+    return table
+
+
+def render_markdown(table: dict[str, Any]) -> str:
+    """Render the per-digit table (T and TC, ours beside the paper's)."""
+    by_key = {c["key"]: c for c in table["cells"]}
+    enc = next((c["encoder_test_err"] for c in table["cells"]), None)
+    lines = [
+        "# Co-localisation reproduction (App. A.2): % of images localised (IoU > 0.5)\n",
+        f"Budget **{table['budget']}**: per digit class, {table['n']} test images; an attention transformer "
+        f"(window scale bounded to 0.25-0.5 of the image, kept inside it) trained for {table['steps']} full-batch "
+        f"Adam steps (lr {table['lr']}) with the triplet hinge loss (margin 1) on a frozen Table 1 CNN "
+        f"(encoder recipe `{table['encoder']['recipe']}`"
+        + (f", {enc:.2f} % MNIST test error" if enc is not None else "") + "; embedding: its three layers' "
+        "activations, each scaled to unit length, concatenated). Correct: IoU of the attended box with the digit's "
+        "28x28 frame > 0.5. Paper: T 100 % for every digit, TC 75-93 % depending on the digit.\n",
+    ]
+    rows = []
+    for d in range(10):
+        row = [str(d)]
+        for kind in KINDS:
+            res = by_key.get(f"{kind}-{d}")
+            lo, hi = PAPER[kind]
+            paper = f"{lo:.0f}" if lo == hi else f"{lo:.0f}-{hi:.0f}"
+            row += [f"**{res['correct']:.0f}** ({res['iou']:.2f})" if res else "not run", paper]
+        rows.append(row)
+    means = []
+    for kind in KINDS:
+        done = [by_key[f"{kind}-{d}"] for d in range(10) if f"{kind}-{d}" in by_key]
+        means.append(fmt(statistics.fmean(c["correct"] for c in done), 1) if done else "—")
+    rows.append(["mean", f"**{means[0]}**", "100", f"**{means[1]}**", "75-93"])
+    lines.append(markdown_table(["digit", "T ours % (mean IoU)", "T paper %", "TC ours % (mean IoU)",
+                                 "TC paper %"], rows))
+    lines.append(f"Cells finished: {len(by_key)} of {len(CELLS)}. Figure: `fig_coloc.png` (boxes over "
+                 "optimisation steps, early = light, late = dark; the true frame dashed).\n")
+    return "\n".join(lines)
+
+
+def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None) -> Path | None:
+    from stnkit.data import find_mnist, load_mnist, make_coloc_set
+
+    root = find_mnist(data_dir, download=False)
+    test_x, test_y = load_mnist(root, split="test")
+    train_x, _ = load_mnist(root, split="train")
+    panels = []
+    for kind in KINDS:
+        for d in (0, 3, 5, 7, 9):
+            res = finished.get(f"{kind}-{d}")
+            if res is None:
+                continue
+            s = make_coloc_set(test_x, test_y, d, kind=kind, n=res["n"], seed=0, clutter_pool=train_x)
+            panels.append((f"{kind.upper()} digit {d}", s.images[:2], res))
+    if not panels:
+        return None
+    fig = boxes_figure(panels)
+    path = out / "fig_coloc.png"
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def boxes_figure(panels: Sequence[tuple[str, torch.Tensor, dict[str, Any]]]) -> Any:
+    """Draw images with their attended boxes over optimisation steps (the paper's Fig. 4).
+
+    Args:
+        panels: ``(title, images (k, 1, S, S), result)``; ``result`` holds ``history`` (``[{"step", "params"}]``,
+            params per image (s, tx, ty)) and ``true_boxes``, the first k images' entries matching ``images``.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from stnkit.losses import attended_box
+    from stnkit.viz import _imshow
+
+    k = max(p[1].shape[0] for p in panels)
+    fig = Figure(figsize=(2.0 * len(panels), 2.1 * k + 0.4), layout="constrained")
+    axes = fig.subplots(k, len(panels), squeeze=False)
+    cmap = colormaps["autumn_r"]
+    for col, (title, images, res) in enumerate(panels):
+        history = res["history"]
+        size = images.shape[-2:]
+        for row in range(k):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row >= images.shape[0]:
+                ax.set_axis_off()
+                continue
+            _imshow(ax, images[row])
+            for j, h in enumerate(history):
+                box = attended_box("attention", torch.tensor([h["params"][row]]), size)[0].tolist()
+                colour = cmap(0.15 + 0.85 * j / max(len(history) - 1, 1))
+                ax.add_patch(Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0], box[3] - box[1], fill=False,
+                                       lw=0.8 if j < len(history) - 1 else 1.8, color=colour))
+            x0, y0, x1, y1 = res["true_boxes"][row]
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.0, ls="--",
+                                   color="white"))
+            ax.set_xlim(-0.5, size[1] - 0.5)
+            ax.set_ylim(size[0] - 0.5, -0.5)
+        axes[0, col].set_title(title, fontsize=8)
+    fig.suptitle(f"Co-localisation: attended boxes over {history[-1]['step']} optimisation steps (light to dark), "
+                 "true digit frame dashed", fontsize=9)
+    return fig

@@ -1,0 +1,171 @@
+"""Co-localisation training (Jaderberg et al. 2015, App. A.2): one class's attention transformer, triplet loss.
+
+Given N images that all contain a digit of one class (and nothing else to tell where it is), the transformer is
+trained so that its crops of different images embed close together under a frozen encoder, and far from random
+crops of the same images: ``sum_n sum_{m != n} max(0, |e(I_n^T) - e(I_m^T)|^2 - |e(I_n^T) - e(I_n^rand)|^2 + 1)``.
+No box is ever shown to it; validation scores the attended boxes against the true ones (correct when IoU > 0.5).
+
+:func:`fit_coloc` runs :class:`ColocLitModule` with the Lightning setup of :func:`stnkit.training.fit` (its
+loggers, stopwatch and warning filters).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from stnkit.data.coloc import ColocSet, random_crop_params
+from stnkit.losses import attended_box, box_iou, triplet_hinge_loss
+from stnkit.models import CNN
+from stnkit.models.coloc import CNNEmbedding, coloc_transformer
+from stnkit.sampling import warp
+from stnkit.training.callbacks import Stopwatch
+from stnkit.training.errors import NonFiniteLossError
+from stnkit.training.run import _loggers, _quiet_lightning
+
+__all__ = ["ColocLitModule", "fit_coloc"]
+
+
+class ColocLitModule(pl.LightningModule):
+    """Train an attention transformer on one co-localisation set with the triplet hinge loss.
+
+    Args:
+        encoder: the frozen embedding e(.) (e.g. :class:`~stnkit.models.coloc.CNNEmbedding` of a trained CNN).
+        input_size: side S of the (S, S) images.
+        crop: side of the transformer's output (the encoder's input size).
+        init_scale: the window's scale at initialisation (centred).
+        scale_range: bounds of the window's scale (the window stays inside the image); None: unbounded.
+        margin: alpha of the hinge (1 in the paper).
+        lr: Adam's learning rate.
+        seed: seed of the random negative crops.
+
+    Batches are ``(images (N, 1, S, S), boxes (N, 4))``; the boxes are used for validation only. Logs
+    ``train/loss``, ``val/iou`` (mean IoU) and ``val/correct`` (% of images with IoU > 0.5); every validation
+    appends ``(step, params (N, 3))`` to :attr:`history`.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        input_size: int = 84,
+        crop: int = 28,
+        init_scale: float = 0.5,
+        scale_range: tuple[float, float] | None = (0.25, 0.6),
+        margin: float = 1.0,
+        lr: float = 1e-2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder"])
+        self.input_size, self.crop, self.margin, self.lr = int(input_size), int(crop), float(margin), float(lr)
+        self.transformer = coloc_transformer(input_size, crop=crop, scale_range=scale_range, init_scale=init_scale)
+        self.encoder = encoder
+        self.encoder.requires_grad_(False)
+        self._generator = torch.Generator().manual_seed(seed)
+        self.history: list[tuple[int, Tensor]] = []
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the crops (N, 1, crop, crop) and attention parameters (N, 3) of images (N, 1, S, S)."""
+        return self.transformer(x, return_params=True)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0]
+        n, s, crop = x.shape[0], self.input_size, self.crop
+        crops, _ = self(x)
+        negatives = random_crop_params(n, crop, s, self._generator).to(x)  # (N, 3): I^rand, a fresh draw per step
+        with torch.no_grad():  # the random crops do not depend on the transformer: no graph needed
+            rand = self.encoder(warp(x, negatives, "attention", (crop, crop)))  # (N, D)
+        loss = triplet_hinge_loss(self.encoder(crops), rand, self.margin)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"co-localisation loss became {loss.item()} at step {self.global_step}; "
+                                     f"try a lower lr (now {self.lr})")
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, boxes = batch[0], batch[1]
+        _, params = self(x)
+        iou = box_iou(attended_box("attention", params, x.shape[2:]), boxes.to(params.dtype))  # (N,)
+        self.history.append((int(self.global_step), params.detach().cpu()))
+        self.log("val/iou", iou.mean(), batch_size=x.shape[0])
+        self.log("val/correct", (iou > 0.5).float().mean() * 100.0, prog_bar=True, batch_size=x.shape[0])
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.transformer.parameters(), lr=self.lr)
+
+
+def fit_coloc(
+    coloc_set: ColocSet,
+    encoder: nn.Module,
+    *,
+    steps: int = 1000,
+    eval_every: int = 100,
+    lr: float = 1e-2,
+    init_scale: float = 0.5,
+    scale_range: tuple[float, float] | None = (0.25, 0.6),
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = False,
+    accelerator: str = "cpu",
+) -> dict[str, Any]:
+    """Optimise the attention transformer of one co-localisation set (full batch) and score its boxes.
+
+    Args:
+        coloc_set: the images and true boxes of one class (:func:`stnkit.data.make_coloc_set`).
+        encoder: the frozen embedding; a :class:`~stnkit.models.CNN` is wrapped in
+            :class:`~stnkit.models.coloc.CNNEmbedding`.
+        steps: optimiser steps (each on the whole set).
+        eval_every: steps between box evaluations (also the points of the box history).
+        lr: Adam's learning rate.
+        init_scale: initial (centred) window scale.
+        scale_range: bounds of the window's scale (None: unbounded, the plain identity-initialised regression).
+        seed: seed of the weights and the negative crops.
+        out: folder for Lightning's logs (None: no logs).
+        progress: show a progress bar.
+        accelerator: Lightning accelerator.
+
+    Returns:
+        ``correct`` (% IoU > 0.5) and ``iou`` (mean) of the final boxes, per-image ``ious``, final ``boxes`` and
+        ``true_boxes`` (N, 4 lists), ``history`` (``[{"step", "params" (N x 3)}]``), ``steps``, ``train_s``.
+    """
+    if isinstance(encoder, CNN):
+        encoder = CNNEmbedding(encoder)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    images, boxes = coloc_set.images, coloc_set.boxes
+    lit = ColocLitModule(encoder, input_size=images.shape[-1], init_scale=init_scale, scale_range=scale_range, lr=lr,
+                         seed=seed)
+    data = TensorDataset(images, boxes)
+    train = DataLoader(data, batch_size=len(data), shuffle=False)
+    val = DataLoader(data, batch_size=len(data), shuffle=False)
+    stopwatch = Stopwatch()
+    trainer = pl.Trainer(
+        max_steps=steps, max_epochs=-1, val_check_interval=None, check_val_every_n_epoch=eval_every,
+        num_sanity_val_steps=0, accelerator=accelerator, devices=1, logger=_loggers(Path(out)) if out else False,
+        callbacks=[stopwatch], enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=False,
+        log_every_n_steps=max(1, min(50, eval_every)), default_root_dir=out,
+    )
+    t0 = time.perf_counter()
+    with _quiet_lightning():
+        trainer.validate(lit, val, verbose=False)  # the boxes at step 0
+        trainer.fit(lit, train, val)
+        if not lit.history or lit.history[-1][0] != trainer.global_step:
+            trainer.validate(lit, val, verbose=False)
+    lit.eval()
+    with torch.no_grad():
+        _, params = lit(images)
+        final = attended_box("attention", params, images.shape[2:])
+        ious = box_iou(final, boxes)
+    return {
+        "digit": coloc_set.digit, "correct": round(float((ious > 0.5).float().mean()) * 100.0, 2),
+        "iou": round(float(ious.mean()), 4), "ious": [round(float(v), 4) for v in ious],
+        "boxes": final.tolist(), "true_boxes": boxes.tolist(),
+        "history": [{"step": s, "params": p.tolist()} for s, p in lit.history],
+        "steps": int(trainer.global_step), "train_s": round(stopwatch.elapsed(), 2),
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }

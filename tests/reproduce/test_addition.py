@@ -1,0 +1,75 @@
+"""Smoke budget of the MNIST-addition reproduction: real (tiny) cells through fit, well-formed outputs, resume."""
+
+import json
+
+import pytest
+import torch
+
+from stnkit.models import create
+from stnkit.reproduce import addition
+
+
+@pytest.fixture
+def smoke_env(monkeypatch, mnist_dir):
+    monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+
+
+def test_cells_and_paper():
+    assert [c.key for c in addition.CELLS] == [
+        "fcn", "cnn", "st-fcn-affine", "st-fcn-projective", "st-fcn-tps", "st-fcn-x2-affine",
+        "st-fcn-x2-projective", "st-fcn-x2-tps"]
+    assert addition.PAPER["fcn"] == 47.7
+    assert addition.PAPER["cnn"] == 14.7
+    assert all(c.fields["dataset"] == "addition" for c in addition.CELLS)
+
+
+def test_attention_shares():
+    model = create("st-fcn-x2", input_size=16, in_channels=2, num_classes=19, param_budget=50_000)
+    x = torch.zeros(4, 2, 16, 16)
+    x[:, 0, 2:6, 2:6] = 1.0  # digit 1 top-left, digit 2 bottom-right
+    x[:, 1, 10:14, 10:14] = 1.0
+    assert addition.attention_shares(model, x) == [0.5, 0.5]  # identity: both branches see both digits
+    with torch.no_grad():  # branch 1 zooms on the top-left quarter, branch 2 on the bottom-right one
+        model.transformers.branches[0].head.bias.copy_(torch.tensor([0.5, 0, -0.5, 0, 0.5, -0.5]))
+        model.transformers.branches[1].head.bias.copy_(torch.tensor([0.5, 0, 0.5, 0, 0.5, 0.5]))
+    shares = addition.attention_shares(model, x)
+    assert shares[0] < 0.05
+    assert shares[1] > 0.95
+
+
+def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+    out = tmp_path / "add"
+    cells = ["fcn", "st-fcn-x2-affine"]
+    table = addition.run(out, budget="smoke", cells=cells, progress=False, log=lambda *_: None)
+    assert [c["key"] for c in table["cells"]] == cells
+    saved = json.loads((out / "addition.json").read_text())
+    assert saved["budget"] == "smoke"
+    assert saved["param_budget"] == addition.PARAM_BUDGET
+    for cell in saved["cells"]:
+        assert set(cell) >= {"key", "model", "dataset", "error", "seeds", "iterations", "params", "paper", "commit"}
+        assert 0.0 <= cell["error"] <= 100.0
+        assert cell["iterations"] == addition.BUDGETS["smoke"]["steps"]
+        assert abs(cell["params"] - addition.PARAM_BUDGET) / addition.PARAM_BUDGET < 0.05
+    assert saved["attention_shares"]["cell"] == "st-fcn-x2-affine"
+    assert len(saved["attention_shares"]["channel1_share"]) == 2
+    md = (out / "addition.md").read_text()
+    assert "Budget **smoke**" in md
+    assert "| FCN | **" in md
+    assert "47.7" in md
+    assert "not run" in md
+    assert "Cells finished: 2 of 8" in md
+    assert (out / "fig_addition.png").stat().st_size > 5_000
+
+    import stnkit.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
+    lines = []
+    again = addition.run(out, budget="smoke", cells=cells, progress=False, figures=False, log=lines.append)
+    assert calls == []  # finished cells are skipped
+    assert sum("skipped" in line for line in lines) == 2
+    assert [c["error"] for c in again["cells"]] == [c["error"] for c in table["cells"]]
+    with pytest.raises(ValueError, match="holds results of the 'smoke' budget"):
+        addition.run(out, budget="cpu", cells=cells, log=lambda *_: None)
+    with pytest.raises(ValueError, match="matches no addition cell"):
+        addition.run(tmp_path / "x", budget="smoke", cells=["resnet"], log=lambda *_: None)

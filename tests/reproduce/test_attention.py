@@ -1,0 +1,61 @@
+"""Smoke budget of the attention-for-efficiency reproduction: error and timing side by side, resume."""
+
+import json
+
+import pytest
+import torch
+
+from stnkit.reproduce import attention
+
+
+@pytest.fixture
+def smoke_env(monkeypatch, mnist_dir):
+    monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+
+
+def test_cells():
+    keys = [c.key for c in attention.CELLS]
+    assert keys == ["tc60-cnn", "tc60-st-crop30", "tc60-st-crop20", "tc120-cnn", "tc120-st-crop30",
+                    "tc120-st-crop20"]
+    big = next(c for c in attention.CELLS if c.key == "tc120-st-crop20")
+    assert big.fields["distortion"] == {"canvas_size": 120, "clutter": 24}
+    assert big.fields["model_kwargs"] == {"channels": attention.CHANNELS, "crop": 20}
+
+
+def test_time_model_counts_per_image():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    t = attention.time_model(model, torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long))
+    assert t["train_ms"] > 0
+    assert t["infer_ms"] > 0
+
+
+def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+    out = tmp_path / "att"
+    cells = ["tc60-cnn", "tc60-st-crop20"]
+    table = attention.run(out, budget="smoke", cells=cells, progress=False, log=lambda *_: None)
+    assert [c["key"] for c in table["cells"]] == cells
+    saved = json.loads((out / "attention.json").read_text())
+    assert saved["budget"] == "smoke"
+    timing = saved["timing"]["models"]
+    assert set(timing) == {c.key for c in attention.CELLS}  # every model timed in the same run
+    # the attention models read a crop: fewer parameters than the full-resolution CNN of the same widths
+    assert timing["tc120-st-crop20"]["params"] < timing["tc120-cnn"]["params"]
+    for cell in saved["cells"]:
+        assert 0.0 <= cell["error"] <= 100.0
+        assert cell["canvas"] == 60
+    assert saved["cells"][1]["crop"] == 20
+    md = (out / "attention.md").read_text()
+    assert "Budget **smoke**" in md
+    assert "speed-up vs CNN" in md
+    assert "60x60, crop 20: faster:" in md
+    assert "120x120, crop 30: not all cells run yet" in md
+    assert (out / "fig_attention_60.png").stat().st_size > 5_000
+
+    import stnkit.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
+    lines = []
+    attention.run(out, budget="smoke", cells=cells, progress=False, figures=False, log=lines.append)
+    assert calls == []
+    assert sum("skipped" in line for line in lines) == 2

@@ -1,0 +1,59 @@
+"""Smoke budget of the co-localisation reproduction: encoder through fit, per-class sets, outputs, resume."""
+
+import json
+
+import pytest
+import torch
+
+from stnkit.reproduce import coloc
+
+
+@pytest.fixture
+def smoke_env(monkeypatch, mnist_dir):
+    monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+
+
+def test_cells():
+    assert [c.key for c in coloc.CELLS][:2] == ["t-0", "t-1"]
+    assert len(coloc.CELLS) == 20
+
+
+def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+    out = tmp_path / "coloc"
+    table = coloc.run(out, budget="smoke", cells=["t-3", "tc-3"], progress=False, log=lambda *_: None)
+    assert [c["key"] for c in table["cells"]] == ["t-3", "tc-3"]
+    saved = json.loads((out / "coloc.json").read_text())
+    assert saved["budget"] == "smoke"
+    n = coloc.BUDGETS["smoke"]["n"]
+    for cell in saved["cells"]:
+        assert 0.0 <= cell["correct"] <= 100.0
+        assert len(cell["ious"]) == n
+        assert [h["step"] for h in cell["history"]] == [0, 1, 2, 3]  # eval_every 1 over 3 steps
+        assert len(cell["history"][0]["params"]) == min(n, coloc.HISTORY_IMAGES)
+        assert cell["paper"] == list(coloc.PAPER[cell["kind"]])
+        # the reported correctness is the share of the per-image IoUs above 0.5
+        assert cell["correct"] == pytest.approx(100 * sum(i > 0.5 for i in cell["ious"]) / n)
+    md = (out / "coloc.md").read_text()
+    assert "Budget **smoke**" in md
+    assert "| 3 | **" in md
+    assert "75-93" in md
+    assert "Cells finished: 2 of 20" in md
+    assert (out / "fig_coloc.png").stat().st_size > 5_000
+    assert (out / "cells" / "encoder" / "s0" / "metrics.json").exists()
+
+    import stnkit.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
+    lines = []
+    coloc.run(out, budget="smoke", cells=["t-3", "tc-3"], progress=False, figures=False, log=lines.append)
+    assert calls == []
+    assert sum("skipped" in line for line in lines) == 2
+
+
+def test_boxes_figure_draws_history():
+    res = {"history": [{"step": 0, "params": [[1 / 3, 0.0, 0.0]]}, {"step": 5, "params": [[1 / 3, 0.5, 0.5]]}],
+           "true_boxes": [[49.0, 49.0, 77.0, 77.0]]}
+    fig = coloc.boxes_figure([("T digit 1", torch.rand(1, 1, 84, 84), res)])
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3  # two history boxes and the true frame

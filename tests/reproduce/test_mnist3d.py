@@ -1,0 +1,35 @@
+"""Smoke budget of the 3-D MNIST reproduction: both cells through fit, well-formed outputs, the figure."""
+
+import json
+
+import pytest
+
+from stnkit.reproduce import mnist3d
+
+
+@pytest.fixture
+def smoke_env(monkeypatch, mnist_dir):
+    monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+
+
+def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+    out = tmp_path / "m3d"
+    table = mnist3d.run(out, budget="smoke", progress=False, log=lambda *_: None)
+    assert [c["key"] for c in table["cells"]] == ["cnn-mnist3d", "st-cnn-mnist3d"]
+    saved = json.loads((out / "mnist3d.json").read_text())
+    assert saved["budget"] == "smoke"
+    assert saved["recipe"]["batch_size"] == 8
+    for cell in saved["cells"]:
+        assert cell["dataset"] == "mnist3d"
+        assert 0.0 <= cell["error"] <= 100.0
+    md = (out / "mnist3d.md").read_text()
+    assert "Budget **smoke**" in md
+    assert "Does the 3-D transformer beat the fixed projection?" in md
+    assert (out / "fig_mnist3d.png").stat().st_size > 5_000
+
+    import stnkit.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
+    mnist3d.run(out, budget="smoke", progress=False, figures=False, log=lambda *_: None)
+    assert calls == []

@@ -1,0 +1,43 @@
+"""Co-localisation training: the Lightning module, the triplet loss through the frozen encoder, box history."""
+
+import torch
+
+from stnkit.data.coloc import make_coloc_set
+from stnkit.models import CNN
+from stnkit.models.coloc import CNNEmbedding
+from stnkit.training.coloc import ColocLitModule, fit_coloc
+
+
+def _set(n=8):
+    g = torch.Generator().manual_seed(0)
+    digits = torch.zeros(20, 28, 28, dtype=torch.uint8)
+    digits[:, 6:22, 10:18] = torch.randint(100, 256, (20, 16, 8), generator=g, dtype=torch.uint8)
+    return make_coloc_set(digits, torch.zeros(20, dtype=torch.long), 0, n=n, seed=1)
+
+
+def test_fit_coloc_trains_only_the_transformer(tmp_path):
+    s = _set()
+    cnn = CNN(28, channels=(4, 8))
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    res = fit_coloc(s, cnn, steps=3, eval_every=1, out=tmp_path / "run")
+    assert [h["step"] for h in res["history"]] == [0, 1, 2, 3]
+    assert len(res["ious"]) == 8
+    assert len(res["boxes"]) == 8
+    assert res["correct"] == sum(i > 0.5 for i in res["ious"]) / 8 * 100
+    start, end = torch.tensor(res["history"][0]["params"]), torch.tensor(res["history"][-1]["params"])
+    assert torch.allclose(start, torch.tensor([[0.5, 0.0, 0.0]]).expand(8, 3))  # centred half-size window
+    assert not torch.allclose(start, end)  # the transformer moved
+    assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())  # the encoder did not
+    assert res["true_boxes"] == s.boxes.tolist()
+    assert (tmp_path / "run" / "logs" / "metrics.csv").exists()
+
+
+def test_training_step_backpropagates_to_the_localisation_net_only():
+    s = _set(4)
+    lit = ColocLitModule(CNNEmbedding(CNN(28, channels=(4, 8))), lr=1e-2)
+    loss = lit.training_step((s.images, s.boxes), 0)
+    assert loss.ndim == 0
+    assert loss > 0
+    loss.backward()
+    assert all(p.grad is not None for p in lit.transformer.parameters())
+    assert all(p.grad is None for p in lit.encoder.parameters())
