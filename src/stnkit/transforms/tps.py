@@ -168,14 +168,14 @@ class ThinPlateSpline(Transform):
         h, w = size
         k = self.num_control_points
         base, m, m_t = self._grid_basis((h, w), align_corners, params.dtype)  # (1, H*W, 2), (H*W, K), (K, H*W)
-        offsets_t = (params.view(-1, k, 2) - self.control_points.to(params.dtype)).transpose(1, 2)  # (N, 2, K)
-        # base + M @ (y - c) as one (2, K) x (K, H*W) product per sample: wide outputs, so the GEMMs run at speed
-        # (the (H*W, K) x (K, 2) form was 4-10x slower fwd+bwd), and each sample is computed alone, so a row does
-        # not depend on the batch it is in. Exact identity grid at identity params (zero offsets).
+        offsets = params.view(-1, k, 2) - self.control_points.to(params.dtype)  # (N, K, 2)
+        # base + M @ (y - c), each sample computed alone so that a row does not depend on the batch it is in
+        # (_TPSGridFn: C++ on CPU, else a wide (2, K) x (K, H*W) bmm; the broadcast (H*W, K) x (K, 2) form was
+        # 4-10x slower fwd+bwd). Exact identity grid at identity params (zero offsets).
         if _is_compiling():
-            flat = torch.bmm(offsets_t, m_t.expand(offsets_t.shape[0], -1, -1))  # (N, 2, H*W)
+            flat = torch.bmm(offsets.transpose(1, 2), m_t.expand(offsets.shape[0], -1, -1))  # (N, 2, H*W)
             return (base + flat.transpose(1, 2)).reshape(-1, h, w, 2)  # (N, H, W, 2)
-        return _TPSGridFn.apply(offsets_t, m, m_t, base).view(-1, h, w, 2)  # (N, H, W, 2)
+        return _TPSGridFn.apply(offsets, m, m_t, base).view(-1, h, w, 2)  # (N, H, W, 2)
 
     def _grid_basis(self, output_size: Sequence[int], align_corners: bool, dtype) -> tuple[Tensor, Tensor, Tensor]:
         """Return the cached ``(base (1, H*W, 2), M (H*W, K), M^T (K, H*W))`` of :meth:`basis`."""
@@ -202,24 +202,43 @@ class ThinPlateSpline(Transform):
 
 
 class _TPSGridFn(torch.autograd.Function):
-    """offsets^T (N, 2, K) -> grid (N, H*W, 2) = base + (offsets^T @ M^T)^T; backward one bmm per sample."""
+    """offsets (N, K, 2) -> grid (N, H*W, 2) = base + M @ offsets, each sample computed on its own.
+
+    On CPU with the C++ extension (``stnkit._ext``) one pass over chunks of output points per batch, else one
+    (2, K) x (K, H*W) bmm per sample; both are batch-invariant. The backward is ``M^T @ grad`` per sample.
+    """
 
     @staticmethod
-    def forward(offsets_t: Tensor, m: Tensor, m_t: Tensor, base: Tensor) -> Tensor:  # type: ignore[override]
-        n = offsets_t.shape[0]
-        flat = torch.bmm(offsets_t, m_t.expand(n, -1, -1))  # (N, 2, H*W)
+    def forward(offsets: Tensor, m: Tensor, m_t: Tensor, base: Tensor) -> Tensor:  # type: ignore[override]
+        module = _cpu_ext(offsets)
+        if module is not None:
+            return module.tps_grid_forward(offsets, m_t, base)  # (N, H*W, 2)
+        n = offsets.shape[0]
+        flat = torch.bmm(offsets.transpose(1, 2), m_t.expand(n, -1, -1))  # (N, 2, H*W)
         out = torch.empty(n, m.shape[0], 2, device=m.device, dtype=flat.dtype)  # contiguous (N, H*W, 2)
         return torch.add(base, flat.transpose(1, 2), out=out)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[1])
+        ctx.save_for_backward(inputs[1], inputs[2])
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (m,) = ctx.saved_tensors
+        m, m_t = ctx.saved_tensors
+        module = None if torch.is_grad_enabled() else _cpu_ext(grad)  # create_graph: stay differentiable
+        if module is not None:
+            return module.tps_grid_backward(grad, m_t), None, None, None  # (N, K, 2)
         # (N, 2, H*W) x (H*W, K): the transposed gradient is read in place, no copy
-        return torch.bmm(grad.transpose(1, 2), m.expand(grad.shape[0], -1, -1)), None, None, None
+        return torch.bmm(grad.transpose(1, 2), m.expand(grad.shape[0], -1, -1)).transpose(1, 2), None, None, None
+
+
+def _cpu_ext(like: Tensor):
+    """The C++ extension for CPU float32/float64 tensors, else None (then the bmm path runs)."""
+    if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
+        return None
+    from stnkit import _ext  # lazy: builds (once, cached) on first use, never at import
+
+    return _ext.load()
 
 
 def _is_compiling() -> bool:
