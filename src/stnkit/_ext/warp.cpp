@@ -284,11 +284,11 @@ void tps_forward_kernel(const T* off, const T* mt, const T* base, T* out, int64_
           gx[j] = base[(p0 + j) * 2];
           gy[j] = base[(p0 + j) * 2 + 1];
         }
-        for (int64_t k = 0; k < K; ++k) {
+        T* x = gx.data();
+        T* y = gy.data();
+        for (int64_t k = 0; k < K; ++k) {  // fixed order: k ascending
           const T ox = o[2 * k], oy = o[2 * k + 1];
           const T* row = mt + k * P + p0;
-          T* x = gx.data();
-          T* y = gy.data();
 #pragma omp simd
           for (int64_t j = 0; j < np; ++j) {
             x[j] += row[j] * ox;
@@ -308,6 +308,7 @@ template <typename T>
 void tps_backward_kernel(const T* grad, const T* mt, T* grad_off, int64_t N, int64_t K, int64_t P) {
   const int64_t chunks = (P + TPS_CHUNK - 1) / TPS_CHUNK;
   std::vector<T> partial(chunks * N * K * 2);  // per-chunk sums, reduced in chunk order (deterministic)
+  constexpr int KB = 4;  // control points per pass: one load of the gradient feeds 2 * KB multiply-adds
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<T> gx(TPS_CHUNK), gy(TPS_CHUNK);
     for (int64_t c = c0; c < c1; ++c) {
@@ -319,10 +320,29 @@ void tps_backward_kernel(const T* grad, const T* mt, T* grad_off, int64_t N, int
           gy[j] = g[2 * j + 1];
         }
         T* part = partial.data() + (c * N + n) * K * 2;
-        for (int64_t k = 0; k < K; ++k) {
+        const T* x = gx.data();
+        const T* y = gy.data();
+        int64_t k = 0;
+        for (; k + KB <= K; k += KB) {
+          const T* r0 = mt + k * P + p0;
+          const T* r1 = r0 + P;
+          const T* r2 = r1 + P;
+          const T* r3 = r2 + P;
+          T sx0 = 0, sy0 = 0, sx1 = 0, sy1 = 0, sx2 = 0, sy2 = 0, sx3 = 0, sy3 = 0;
+#pragma omp simd reduction(+ : sx0, sy0, sx1, sy1, sx2, sy2, sx3, sy3)
+          for (int64_t j = 0; j < np; ++j) {
+            sx0 += r0[j] * x[j]; sy0 += r0[j] * y[j];
+            sx1 += r1[j] * x[j]; sy1 += r1[j] * y[j];
+            sx2 += r2[j] * x[j]; sy2 += r2[j] * y[j];
+            sx3 += r3[j] * x[j]; sy3 += r3[j] * y[j];
+          }
+          part[2 * k] = sx0; part[2 * k + 1] = sy0;
+          part[2 * k + 2] = sx1; part[2 * k + 3] = sy1;
+          part[2 * k + 4] = sx2; part[2 * k + 5] = sy2;
+          part[2 * k + 6] = sx3; part[2 * k + 7] = sy3;
+        }
+        for (; k < K; ++k) {
           const T* row = mt + k * P + p0;
-          const T* x = gx.data();
-          const T* y = gy.data();
           T sx = 0, sy = 0;
 #pragma omp simd reduction(+ : sx, sy)
           for (int64_t j = 0; j < np; ++j) {
