@@ -38,6 +38,7 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert "| 3 | **" in md
     assert "75-93" in md
     assert "Cells finished: 2 of 20" in md
+    assert all(0 <= c["centre_hit"] <= 100 for c in saved["cells"])
     assert (out / "fig_coloc.png").stat().st_size > 5_000
     assert (out / "cells" / "encoder" / "s0" / "metrics.json").exists()
 

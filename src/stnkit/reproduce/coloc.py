@@ -57,10 +57,10 @@ CELLS = [ColocCell(k, d) for k in KINDS for d in range(10)]
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"encoder": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
                           "test_subset": 128, "val_size": 64},
-              "steps": 3, "eval_every": 1, "lr": 1e-3, "n": 8},
+              "steps": 3, "eval_every": 1, "lr": 1e-2, "n": 8},
     "cpu": {"encoder": {"recipe": "cpu", "steps": 600, "eval_every": 300}, "steps": 500, "eval_every": 50,
-            "lr": 1e-3, "n": 100},
-    "paper": {"encoder": {"recipe": "paper"}, "steps": 2000, "eval_every": 100, "lr": 1e-3, "n": 100},
+            "lr": 1e-2, "n": 100},
+    "paper": {"encoder": {"recipe": "paper"}, "steps": 2000, "eval_every": 100, "lr": 1e-2, "n": 100},
 }
 DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
 
@@ -107,14 +107,14 @@ def run(
                   **b["encoder"], **(overrides or {})}
     encoder_metrics = train_or_resume(store.cell_dir("encoder") / "s0", **enc_fields)
     log(f"encoder: {encoder_metrics['test_err']:.2f} % test error on MNIST")
-    encoder = None
-    data = None
+    encoder: Any = None
+    data: tuple[torch.Tensor, ...] | None = None
     for i, cell in enumerate(chosen, 1):
         done = store.load(cell.key)
         if done is not None and done.get("seeds", 0) >= n_seeds:
             log(f"[{i}/{len(chosen)}] {cell.key}: done ({done['correct']:.0f} % correct), skipped")
             continue
-        if encoder is None:
+        if encoder is None or data is None:
             encoder, data = _load(store.cell_dir("encoder") / "s0", data_dir)
         t0 = time.time()
         results = [_colocalise(cell, seed, encoder, data, b, store.cell_dir(cell.key) / f"s{seed}", progress)
@@ -123,7 +123,8 @@ def run(
         lo, hi = PAPER[cell.kind]
         result = {
             "key": cell.key, "kind": cell.kind, "digit": cell.digit, "correct": statistics.fmean(corrects),
-            "corrects": corrects, "iou": statistics.fmean(r["iou"] for r in results), "seeds": n_seeds,
+            "corrects": corrects, "iou": statistics.fmean(r["iou"] for r in results),
+            "centre_hit": statistics.fmean(r["centre_hit"] for r in results), "seeds": n_seeds,
             "n": len(results[0]["ious"]), "steps": results[0]["steps"], "lr": b["lr"],
             "train_s": round(sum(r["train_s"] for r in results), 1), "ious": results[0]["ious"],
             "true_boxes": results[0]["true_boxes"][:HISTORY_IMAGES], "boxes": results[0]["boxes"][:HISTORY_IMAGES],
@@ -149,7 +150,7 @@ def _load(encoder_dir: Path, data_dir: str | None) -> tuple[Any, tuple[torch.Ten
     return lit.model, (test_x, test_y, train_x)
 
 
-def _colocalise(cell: ColocCell, seed: int, encoder: Any, data: tuple[torch.Tensor, ...] | None,
+def _colocalise(cell: ColocCell, seed: int, encoder: Any, data: tuple[torch.Tensor, ...],
                 budget: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Co-localise one seed of one set; the finished result is kept in ``run_dir/result.json``."""
     done = run_dir / "result.json"
@@ -158,7 +159,6 @@ def _colocalise(cell: ColocCell, seed: int, encoder: Any, data: tuple[torch.Tens
     from stnkit.data import make_coloc_set
     from stnkit.training.coloc import fit_coloc
 
-    assert data is not None  # loaded with the encoder
     test_x, test_y, train_x = data
     s = make_coloc_set(test_x, test_y, cell.digit, kind=cell.kind, n=budget["n"], seed=seed, clutter_pool=train_x)
     result = fit_coloc(s, encoder, steps=budget["steps"], eval_every=budget["eval_every"], lr=budget["lr"],
@@ -189,12 +189,19 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines = [
         "# Co-localisation reproduction (App. A.2): % of images localised (IoU > 0.5)\n",
         f"Budget **{table['budget']}**: per digit class, {table['n']} test images; an attention transformer "
-        f"(window scale bounded to 0.25-0.5 of the image, kept inside it) trained for {table['steps']} full-batch "
+        f"(window scale bounded to 0.25-0.6 of the image, starting centred at 0.5, kept inside the image) trained "
+        f"for {table['steps']} full-batch "
         f"Adam steps (lr {table['lr']}) with the triplet hinge loss (margin 1) on a frozen Table 1 CNN "
         f"(encoder recipe `{table['encoder']['recipe']}`"
         + (f", {enc:.2f} % MNIST test error" if enc is not None else "") + "; embedding: its three layers' "
         "activations, each scaled to unit length, concatenated). Correct: IoU of the attended box with the digit's "
-        "28x28 frame > 0.5. Paper: T 100 % for every digit, TC 75-93 % depending on the digit.\n",
+        "28x28 frame > 0.5 (in brackets: mean IoU, and the % of boxes that contain the digit's centre). Paper: "
+        "T 100 % for every digit, TC 75-93 % depending on the digit.\n",
+        "Known gap (probes on digit 3, T): the triplet loss is as low for windows that track the digit with a "
+        "constant offset as for centred ones (it asks for consistent crops, not centred crops), and windows of the "
+        "digit's size (0.33) that start off the digit collapse onto empty background; the bounded window starting "
+        "at 0.5 gave the best probe (about 30 % IoU > 0.5 after 500-1000 steps, loss near its value at the true "
+        "boxes).\n",
     ]
     rows = []
     for d in range(10):
@@ -203,14 +210,15 @@ def render_markdown(table: dict[str, Any]) -> str:
             res = by_key.get(f"{kind}-{d}")
             lo, hi = PAPER[kind]
             paper = f"{lo:.0f}" if lo == hi else f"{lo:.0f}-{hi:.0f}"
-            row += [f"**{res['correct']:.0f}** ({res['iou']:.2f})" if res else "not run", paper]
+            row += [f"**{res['correct']:.0f}** ({res['iou']:.2f}, {res.get('centre_hit', 0):.0f} %)" if res
+                    else "not run", paper]
         rows.append(row)
     means = []
     for kind in KINDS:
         done = [by_key[f"{kind}-{d}"] for d in range(10) if f"{kind}-{d}" in by_key]
         means.append(fmt(statistics.fmean(c["correct"] for c in done), 1) if done else "—")
     rows.append(["mean", f"**{means[0]}**", "100", f"**{means[1]}**", "75-93"])
-    lines.append(markdown_table(["digit", "T ours % (mean IoU)", "T paper %", "TC ours % (mean IoU)",
+    lines.append(markdown_table(["digit", "T ours % (IoU, centre hit)", "T paper %", "TC ours % (IoU, centre hit)",
                                  "TC paper %"], rows))
     lines.append(f"Cells finished: {len(by_key)} of {len(CELLS)}. Figure: `fig_coloc.png` (boxes over "
                  "optimisation steps, early = light, late = dark; the true frame dashed).\n")

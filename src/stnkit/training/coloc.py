@@ -131,7 +131,8 @@ def fit_coloc(
         accelerator: Lightning accelerator.
 
     Returns:
-        ``correct`` (% IoU > 0.5) and ``iou`` (mean) of the final boxes, per-image ``ious``, final ``boxes`` and
+        ``correct`` (% IoU > 0.5) and ``iou`` (mean) of the final boxes, ``centre_hit`` (% of boxes containing
+        the digit's centre: localised, if perhaps off-centre), per-image ``ious``, final ``boxes`` and
         ``true_boxes`` (N, 4 lists), ``history`` (``[{"step", "params" (N x 3)}]``), ``steps``, ``train_s``.
     """
     if isinstance(encoder, CNN):
@@ -161,9 +162,12 @@ def fit_coloc(
         _, params = lit(images)
         final = attended_box("attention", params, images.shape[2:])
         ious = box_iou(final, boxes)
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2) the digit frame's centre
+        hit = ((centre >= final[:, :2]) & (centre <= final[:, 2:])).all(dim=1)  # (N,) inside the attended box
     return {
         "digit": coloc_set.digit, "correct": round(float((ious > 0.5).float().mean()) * 100.0, 2),
         "iou": round(float(ious.mean()), 4), "ious": [round(float(v), 4) for v in ious],
+        "centre_hit": round(float(hit.float().mean()) * 100.0, 2),
         "boxes": final.tolist(), "true_boxes": boxes.tolist(),
         "history": [{"step": s, "params": p.tolist()} for s, p in lit.history],
         "steps": int(trainer.global_step), "train_s": round(stopwatch.elapsed(), 2),
