@@ -67,9 +67,10 @@ def load(verbose: bool = False) -> ModuleType | None:
             name, flags = _variant()
             build = _build_dir() / name
             build.mkdir(parents=True, exist_ok=True)
-            src = Path(__file__).with_name("warp.cpp")
+            here = Path(__file__).parent
+            sources = [str(here / "warp.cpp"), str(here / "tps_grid.cpp")]
             module = cpp_extension.load(
-                name=name, sources=[str(src)], build_directory=str(build), extra_cflags=flags, verbose=verbose
+                name=name, sources=sources, build_directory=str(build), extra_cflags=flags, verbose=verbose
             )
         except Exception as exc:  # noqa: BLE001 - any build/load failure means "use the PyTorch path"
             _state["error"] = f"{type(exc).__name__}: {exc}"
