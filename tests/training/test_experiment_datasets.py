@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from stnkit.data.datamodule import AdditionDataModule, DistortedMNISTDataModule, MNIST3DDataModule, build_datamodule
 from stnkit.training import TrainConfig, evaluate, fit, load_checkpoint, make_datamodule
@@ -45,3 +46,14 @@ class TestFitExperimentDatasets:
         assert json.loads((tmp_path / "run" / "config.json").read_text())["model_kwargs"] == {"hidden": [12, 10]}
         again = evaluate(tmp_path / "run", test_subset=48)  # rebuilt from the run's config: 2-channel sums
         assert again["test_err"] == pytest.approx(m["test_err"])
+
+
+def test_channels_last_is_ignored_for_volume_models():
+    from stnkit.training import STNLitModule
+
+    lit = STNLitModule(model="st-cnn-mnist3d", input_size=24, channels_last=True, model_kwargs={"output_size": 16})
+    assert not lit.channels_last  # Conv3d weights have no channels-last layout
+    assert lit(torch.rand(2, 1, 24, 24, 24)).shape == (2, 10)
+    lit = STNLitModule(model="cnn-mnist3d", input_size=24, channels_last=True, model_kwargs={"output_size": 16})
+    assert lit(torch.rand(2, 1, 24, 24, 24)).shape == (2, 10)  # 2-D convs channels-last, the volume input as is
+    assert STNLitModule(model="cnn", input_size=28, channels_last=True).channels_last

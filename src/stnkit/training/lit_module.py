@@ -39,7 +39,7 @@ class STNLitModule(pl.LightningModule):
         gamma: decay factor of the step schedule.
         pct_start: warm-up fraction of the one-cycle schedule.
         loc_lr_scale: learning-rate multiplier of the localisation nets.
-        channels_last: convert model and inputs to channels-last memory format.
+        channels_last: convert model and inputs to channels-last memory format (ignored for 3-D models).
         model_kwargs: extra keyword arguments of the model's factory (override the ones above), e.g.
             ``{"crop": 30}``.
 
@@ -80,14 +80,15 @@ class STNLitModule(pl.LightningModule):
             loc_lr_scale=loc_lr_scale,
         )
         self.model = models.create(model, **{**kwargs, **(model_kwargs or {})})  # model_kwargs override
-        self.channels_last = channels_last
+        # channels-last is a 4-D memory format: volume models (Conv3d, 5-D inputs) keep the default layout
+        self.channels_last = channels_last and not any(isinstance(m, torch.nn.Conv3d) for m in self.model.modules())
         self.run_info: dict[str, Any] | None = None  # set by fit(): stored in every checkpoint
-        if channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return logits (N, num_classes) for images (N, C, S, S)."""
-        if self.channels_last:
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
