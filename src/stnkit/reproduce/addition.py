@@ -8,8 +8,8 @@ parameter budget (400k: two ST-FCN localisation nets on 2x42x42 inputs take 230k
 parallel transformers attends to.
 
 Budgets: ``smoke`` (seconds per cell, for tests); ``cpu`` (the fast CPU recipe, 1,500 steps of batch 128 per cell:
-about 45 minutes for the 8 cells on the project's 2-core machine, measured rates in :data:`BUDGETS`); ``paper``
-(App. A.4's SGD recipe, 150k iterations, 3 seeds).
+about 45 minutes for the 8 cells on the project's 2-core machine, most of it the CNN; measured rates in
+:data:`BUDGETS`); ``paper`` (App. A.4's SGD recipe, 150k iterations, 3 seeds).
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ def _cells() -> list[FitCell]:
 
 CELLS = _cells()
 
-#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread per run, others working on it),
-#: a training step of batch 128 takes about 0.1 s (FCN) to 0.35 s (CNN) with data generation included, so 1,500
-#: steps are 3-9 minutes per cell and about 45 minutes for the table.
+#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread, shared with other work), a
+#: training step of batch 128 takes about 0.05 s for the FCN, ST-FCN and 2xST-FCN (any transform) and 1.2-1.4 s for
+#: the CNN (400k parameters: conv widths 47/94), data generation included: 1,500 steps are about 1.5 minutes per
+#: FCN-type cell and 32 minutes for the CNN, about 45 minutes for the table with validation and testing.
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
               "test_subset": 128, "val_size": 64},

@@ -10,8 +10,8 @@ canvas (24 crops: the same clutter density). Cells per canvas: the CNN on the fu
 crop). Reported side by side from one run: test error, and the measured training and inference time per image of
 every model (timed back to back in the same process, interleaved, best of several batches).
 
-Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the fast CPU recipe cut to 800 steps of batch 64, the same for
-every cell: about 40 minutes for the 6 cells on the project's 2-core machine, most of it the 120x120 CNN; see
+Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the fast CPU recipe with 1,500 steps of batch 64, the same for
+every cell: about 40 minutes for the 6 cells on the project's 2-core machine, half of it the 120x120 CNN; see
 :data:`BUDGETS`); ``paper`` (App. A.4's SGD recipe, 150k iterations, 3 seeds).
 """
 
@@ -58,13 +58,14 @@ def _cells() -> list[FitCell]:
 
 CELLS = _cells()
 
-#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread, shared), a batch-64 step takes
-#: about 1.5 s for the 120x120 CNN (20 minutes for 800 steps), 0.4 s for the 60x60 CNN and 0.1-0.2 s for the
-#: attention models (data generation included): about 40 minutes for the 6 cells.
+#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread, shared with other work), a
+#: batch-64 step takes 0.75-0.9 s for the 120x120 CNN (about 21 minutes for 1,500 steps), 0.24 s for the 60x60 CNN
+#: (6 minutes) and 0.07 s for the attention models (2 minutes each), data generation included; with validation,
+#: testing and timing about 40 minutes for the 6 cells.
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
               "test_subset": 128, "val_size": 64},
-    "cpu": {"recipe": "cpu", "steps": 800, "batch_size": 64, "eval_every": 400},
+    "cpu": {"recipe": "cpu", "steps": 1500, "batch_size": 64, "eval_every": 500},
     "paper": {"recipe": "paper"},
 }
 DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
