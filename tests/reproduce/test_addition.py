@@ -12,6 +12,10 @@ from stnkit.reproduce import addition
 @pytest.fixture
 def smoke_env(monkeypatch, mnist_dir):
     monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is fastest, and robust on a busy machine
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_cells_and_paper():

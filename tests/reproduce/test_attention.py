@@ -11,6 +11,10 @@ from stnkit.reproduce import attention
 @pytest.fixture
 def smoke_env(monkeypatch, mnist_dir):
     monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is fastest, and robust on a busy machine
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_cells():
@@ -19,7 +23,7 @@ def test_cells():
                     "tc120-st-crop20"]
     big = next(c for c in attention.CELLS if c.key == "tc120-st-crop20")
     assert big.fields["distortion"] == {"canvas_size": 120, "clutter": 24}
-    assert big.fields["model_kwargs"] == {"channels": attention.CHANNELS, "crop": 20}
+    assert big.fields["model_kwargs"] == {"channels": attention.CHANNELS, "crop": 20, "st_downsample": None}
 
 
 def test_time_model_counts_per_image():
@@ -50,6 +54,11 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert "60x60, crop 20: faster:" in md
     assert "120x120, crop 30: not all cells run yet" in md
     assert (out / "fig_attention_60.png").stat().st_size > 5_000
+    from stnkit.training import load_checkpoint
+
+    lit, _, _ = load_checkpoint(out / "cells" / "tc60-st-crop20" / "s0")
+    assert lit.model.transformer.output_size == (20, 20)  # the crop itself, not halved as Table 1's TC models
+    assert lit.model.classifier.input_shape == (1, 20, 20)
 
     import stnkit.training as training
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from stnkit.reproduce import mnist3d
 
@@ -10,6 +11,10 @@ from stnkit.reproduce import mnist3d
 @pytest.fixture
 def smoke_env(monkeypatch, mnist_dir):
     monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is fastest, and robust on a busy machine
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
