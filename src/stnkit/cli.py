@@ -70,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stnkit`` command line; returns the exit status.
 
     Example:
-        >>> main(["--version"])  # doctest: +SKIP
-        stnkit 0.1.0
+        >>> main(["no-such-command"])  # a one-line message on stderr, exit status 2
+        2
     """
     parser = build_parser()
     try:
