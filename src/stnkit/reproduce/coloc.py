@@ -290,6 +290,5 @@ def boxes_figure(panels: Sequence[tuple[str, torch.Tensor, dict[str, Any]]]) -> 
             ax.set_xlim(-0.5, size[1] - 0.5)
             ax.set_ylim(size[0] - 0.5, -0.5)
         axes[0, col].set_title(title, fontsize=8)
-    fig.suptitle(f"Co-localisation: attended boxes over {history[-1]['step']} optimisation steps (light to dark), "
-                 "true digit frame dashed", fontsize=9)
+    fig.suptitle(f"Boxes over {history[-1]['step']} steps (light to dark);\ntrue frame dashed", fontsize=8)
     return fig

@@ -12,6 +12,7 @@ loggers, stopwatch and warning filters).
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,8 @@ def fit_coloc(
         log_every_n_steps=max(1, min(50, eval_every)), default_root_dir=out,
     )
     t0 = time.perf_counter()
-    with _quiet_lightning():
+    with _quiet_lightning(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen encoder, on purpose
         trainer.validate(lit, val, verbose=False)  # the boxes at step 0
         trainer.fit(lit, train, val)
         if not lit.history or lit.history[-1][0] != trainer.global_step:
