@@ -161,8 +161,9 @@ def render_markdown(table: dict[str, Any]) -> str:
     shares = table.get("attention_shares")
     if shares:
         lines.append(f"\n## Do the two parallel transformers attend to different digits? ({shares['cell']})\n")
-        lines.append("Share of each branch's output ink that comes from channel 1's digit (0.5 = both digits "
-                     f"equally; over {shares['n']} test images): "
+        lines.append("Share of each branch's output ink that comes from the second channel's digit (0 = only the "
+                     "first digit, 1 = only the second, 0.5 = both equally; "
+                     f"over {shares['n']} test images): "
                      + ", ".join(f"branch {i + 1}: {s:.2f}" for i, s in enumerate(shares["channel1_share"]))
                      + ". Figure: `fig_addition.png`.\n")
     lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. Code: stnkit "
@@ -225,8 +226,8 @@ def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None
     lit, config, _ = load_checkpoint(run_dir)
     images, labels = _test_images(config, 500, data_dir)
     shares = attention_shares(lit.model, images)
-    fig = parallel_figure(lit.model, images[:n], labels[:n], f"{key}: each branch's attended region (branch 1 "
-                          "cyan, branch 2 magenta) on the input (channel 1 red, channel 2 green), and its output")
+    fig = parallel_figure(lit.model, images[:n], labels[:n], f"{key}: each branch's region on the input and its\n"
+                          "output (branch 1 cyan, 2 pink; first digit red, second green)")
     fig.savefig(out / "fig_addition.png", dpi=90)
     return {"cell": key, "n": int(images.shape[0]), "channel1_share": shares}
 
