@@ -10,6 +10,10 @@ error of both and draw the learned projections beside the fixed ones.
 Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the fast CPU recipe, 2,500 steps of batch 32 per cell; each
 60^3 volume costs about 7 ms to generate: about 40 minutes for the 2 cells on the project's 2-core machine, see
 :data:`BUDGETS`); ``paper`` (App. A.4's SGD recipe, 150k iterations, 3 seeds).
+
+Probe (600 of the ``cpu`` budget's 2,500 steps, 1,000 test volumes, one seed): 3-D ST 31.0 %, fixed projection
+29.7 % test error (validation 70 / 38 / 31 % and 70 / 40 / 31 % at steps 200 / 400 / 600): both learn at the same
+pace early on; whether the transformer pulls ahead is what the full budget measures.
 """
 
 from __future__ import annotations
