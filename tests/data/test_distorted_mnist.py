@@ -104,3 +104,40 @@ class TestEpochSampler:
         done[0] = 4
         assert list(s) == full[4:]
         assert len(s) == 10
+
+
+class TestEpochSamplerSharding:
+    def test_ranks_partition_the_epoch(self):
+        from stnkit.data import EpochSampler
+
+        shards = [EpochSampler(range(11), seed=3, num_replicas=2, rank=r) for r in range(2)]
+        for s in shards:
+            s.set_epoch(2)
+        a, b = (list(s) for s in shards)
+        assert len(a) == len(b) == len(shards[0]) == 6  # 11 padded to 12
+        assert set(a) | set(b) == set(range(11))
+        single = EpochSampler(range(11), seed=3)
+        single.set_epoch(2)
+        order = list(single)
+        assert a == (order + order[:1])[0::2]
+        assert b == (order + order[:1])[1::2]
+
+    def test_epoch_changes_shard_and_lightning_does_not_wrap_it(self):
+        from torch.utils.data import DistributedSampler
+
+        from stnkit.data import EpochSampler
+
+        s = EpochSampler(range(100), seed=0, num_replicas=4, rank=1)
+        first = list(s)
+        s.set_epoch(1)
+        assert list(s) != first
+        assert isinstance(s, DistributedSampler)  # Lightning leaves DistributedSampler subclasses unwrapped
+        assert (s.num_replicas, s.rank) == (4, 1)
+
+    def test_bad_rank(self):
+        import pytest
+
+        from stnkit.data import EpochSampler
+
+        with pytest.raises(ValueError, match="rank must be in"):
+            EpochSampler(range(4), num_replicas=2, rank=2)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence, Sized
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from stnkit.data import rng
 from stnkit.data.distortions import (
@@ -170,18 +170,24 @@ class DistortedMNIST(Dataset):
                 f"seed={self.seed}, split={self.split!r}, fresh={self.fresh})")
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """Shuffle deterministically per (seed, epoch), tell the dataset the epoch, and resume mid-epoch.
 
     Lightning calls :meth:`set_epoch` at every epoch start (as for ``DistributedSampler``); the permutation is a
-    pure function of (seed, epoch), so a resumed run sees the same order.
+    pure function of (seed, epoch), so a resumed run sees the same order. Under data-parallel training it shards
+    itself like ``DistributedSampler`` (the epoch's permutation padded to a multiple of the world size, rank r taking
+    every world-size-th index from r). It subclasses ``DistributedSampler`` so that Lightning uses it as it is
+    instead of wrapping it: a wrapper would never pass the epoch on, and each epoch's fresh distortions would repeat.
 
     Args:
         dataset: the dataset (anything with ``__len__``; its ``set_epoch`` is called too, if it has one).
         shuffle: random order per epoch, else sequential.
         seed: seed of the order.
-        start: optional callable returning how many leading indices of the epoch to skip, asked once when an
-            epoch's iteration begins (used to resume mid-epoch).
+        start: optional callable returning how many leading indices of the epoch (of this rank's share) to skip,
+            asked once when an epoch's iteration begins (used to resume mid-epoch).
+        num_replicas: number of data-parallel processes; default: the ``torch.distributed`` world size when it is
+            initialised, else 1.
+        rank: this process's rank; default: the ``torch.distributed`` rank, else 0.
 
     Example:
         >>> s = EpochSampler(range(5), seed=0)
@@ -191,13 +197,38 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(
-        self, dataset: Sized, shuffle: bool = True, seed: int = 0, start: Callable[[], int] | None = None
+        self, dataset: Sized, shuffle: bool = True, seed: int = 0, start: Callable[[], int] | None = None,
+        num_replicas: int | None = None, rank: int | None = None,
     ) -> None:
-        self.dataset = dataset
+        # DistributedSampler.__init__ is not called: it needs a process group; everything it sets is set here
+        self.dataset = dataset  # type: ignore[assignment]
         self.shuffle = shuffle
         self.seed = int(seed)
         self.start = start
         self.epoch = 0
+        self.drop_last = False
+        self._replicas, self._rank = num_replicas, rank
+        if num_replicas is not None and not 0 <= (rank or 0) < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}); got {rank}")
+
+    @property  # type: ignore[override]
+    def num_replicas(self) -> int:
+        """World size the order is sharded over (asked lazily: the process group may start after construction)."""
+        return self._world()[0]
+
+    @property  # type: ignore[override]
+    def rank(self) -> int:
+        """This process's shard."""
+        return self._world()[1]
+
+    def _world(self) -> tuple[int, int]:
+        """Return (world size, rank), asked when iteration starts (the process group exists by then)."""
+        if self._replicas is not None:
+            return self._replicas, self._rank or 0
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the order and of the dataset's distortions."""
@@ -207,7 +238,8 @@ class EpochSampler(Sampler[int]):
             set_dataset_epoch(self.epoch)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        world, _ = self._world()
+        return -(-len(self.dataset) // world)  # this rank's share, padded
 
     def __iter__(self) -> Iterator[int]:
         n = len(self.dataset)
@@ -216,6 +248,10 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
+        world, rank = self._world()
+        if world > 1:
+            total = -(-n // world) * world
+            order = torch.cat([order, order[: total - n]])[rank::world]  # pad with the head, then shard
         skip = int(self.start()) if self.start is not None else 0
         yield from order[skip:].tolist()
 
