@@ -46,6 +46,9 @@ RUNS: dict[str, tuple[str, dict]] = {  # name: (model, overrides of BASE)
     "adam3e-3-onecycle-b128-loc3-8000": ("st-cnn", {**LONG, "loc_lr_scale": 3.0}),
     "adam3e-3-onecycle-b128-loc3-avgpool-8000": ("st-cnn", {**LONG, "loc_lr_scale": 3.0,
                                                             "st_downsample": "avgpool"}),
+    "adam3e-3-onecycle-b128-loc3-bf16": ("st-cnn", {"loc_lr_scale": 3.0, "precision": "bf16-mixed"}),
+    "adam3e-3-onecycle-b128-loc3-bf16-15000": ("st-cnn", {"loc_lr_scale": 3.0, "precision": "bf16-mixed",
+                                                          "steps": 15000, "eval_every": 1000}),
     "cnn-adam3e-3-onecycle-b128-loc3-8000": ("cnn", {**LONG, "loc_lr_scale": 3.0}),
 }
 

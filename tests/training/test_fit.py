@@ -90,6 +90,11 @@ class TestFit:
         with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 2.*--lr"):
             fit(tiny_config(steps=6), callbacks=[Poison()])
 
+    def test_bf16_mixed(self, tiny_config, tmp_path):
+        m = fit(tiny_config(steps=3, precision="bf16-mixed"))
+        assert m["precision"] == "bf16-mixed"
+        assert evaluate(tmp_path / "run")["test_err"] == m["test_err"]  # evaluated in the run's precision
+
     def test_epochs(self, tiny_config):
         assert fit(tiny_config(epochs=1, batch_size=50, eval_every=100))["steps"] == 4  # 200 images / 50
 

@@ -1,6 +1,7 @@
 import pytest
 
 from stnkit.training import RECIPES, TrainConfig, get_recipe
+from stnkit.training.config import cpu_has_native_bf16
 
 
 class TestGetRecipe:
@@ -51,6 +52,13 @@ class TestTrainConfig:
         run_dir = TrainConfig(dataset="rts", model="st-cnn", recipe="cpu").run_dir()
         assert str(run_dir) == "runs/rts-st-cnn-affine-cpu-s0"
         assert str(TrainConfig(dataset="e", model="cnn", recipe="paper", seed=2).run_dir()) == "runs/e-cnn-paper-s2"
+
+    def test_precision_auto(self):
+        native = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+        assert TrainConfig(recipe="cpu", accelerator="cpu").precision_used() == native
+        assert TrainConfig(recipe="cpu", accelerator="cpu", precision="32-true").precision_used() == "32-true"
+        assert TrainConfig(recipe="paper", accelerator="cpu").precision_used() == "32-true"
+        assert TrainConfig(recipe="cpu", accelerator="cpu").to_dict()["resolved"]["precision_used"] == native
 
     @pytest.mark.parametrize(("kw", "match"), [
         ({"dataset": "svhn"}, "unknown dataset 'svhn'"),

@@ -13,7 +13,7 @@ def add_hardware_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", default="1", help="devices per node: a number or auto (default 1)")
     g.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
     g.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (default auto)")
-    g.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed (default 32-true)")
+    g.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, auto (default: the recipe's)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
 
 

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         )
         r = config.resolved_recipe()
         print(f"[{i}/2] training {model}{' (' + args.transform + ')' if model.startswith('st-') else ''} on RTS "
-              f"MNIST: {r.steps} steps of {r.batch_size}, {r.optimizer} lr {r.lr:g} {r.scheduler}", flush=True)
+              f"MNIST: {r.steps} steps of {r.batch_size}, {r.optimizer} lr {r.lr:g} {r.scheduler}, "
+              f"{config.precision_used()}", flush=True)
         m = fit(config, overwrite=True, callbacks=[] if config.progress else [PrintValidation("      ")])
         m["label"] = model.upper() + (f" ({args.transform})" if model.startswith("st-") else "")
         rows.append(m)

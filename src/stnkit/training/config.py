@@ -10,7 +10,22 @@ from typing import Any
 from stnkit.models.mnist import DEFAULT_PARAM_BUDGET
 from stnkit.training.recipes import Recipe, get_recipe
 
-__all__ = ["DATASETS", "DOWNSAMPLED_DATASETS", "TrainConfig"]
+__all__ = ["DATASETS", "DOWNSAMPLED_DATASETS", "TrainConfig", "cpu_has_native_bf16"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so bf16 autocast is faster, not slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: be conservative
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 DATASETS = ("plain", "r", "rts", "p", "e", "tc", "addition", "mnist3d")
 # the paper halves the transformer's output for RTS and TC (App. A.4); addition's channels are RTS digits too
@@ -49,7 +64,8 @@ class TrainConfig:
         devices: Lightning devices (an int or ``"auto"``).
         num_nodes: Lightning nodes.
         strategy: Lightning strategy (``"auto"``, ``"ddp"``, ...).
-        precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``, ...).
+        precision: override: Lightning precision (``"32-true"``, ``"bf16-mixed"``, ...) or ``"auto"`` (see
+            :class:`~stnkit.training.Recipe`).
         threads: torch CPU threads per process; None keeps torch's default (the physical cores).
         val_size: training images held out for validation.
         train_subset: train on this many images only (tests).
@@ -86,7 +102,7 @@ class TrainConfig:
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str | None = None
     threads: int | None = None
     val_size: int = 5000
     train_subset: int | None = None
@@ -100,7 +116,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] | None = None
 
     _OVERRIDES = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
-                  "loc_lr_scale", "eval_every", "st_downsample", "channels_last")
+                  "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "precision")
 
     def __post_init__(self) -> None:
         self.dataset = self.dataset.lower()
@@ -134,7 +150,16 @@ class TrainConfig:
         d = asdict(self)
         d["resolved"] = self.resolved_recipe().to_dict()
         d["resolved"]["st_downsample_used"] = self.st_downsample_for_model()
+        d["resolved"]["precision_used"] = self.precision_used()
         return d
+
+    def precision_used(self) -> str:
+        """Return the Lightning precision this run uses (``"auto"`` resolved for this machine)."""
+        p = self.resolved_recipe().precision
+        if p != "auto":
+            return p
+        on_cpu = self.accelerator == "cpu" or (self.accelerator == "auto" and not _has_gpu())
+        return "bf16-mixed" if on_cpu and cpu_has_native_bf16() else "32-true"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -158,7 +158,7 @@ def fit(
     trainer = pl.Trainer(
         max_steps=recipe.steps, max_epochs=-1, val_check_interval=min(recipe.eval_every, recipe.steps),
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=config.accelerator,
-        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
+        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision_used(),
         logger=_loggers(run_dir), callbacks=[checkpoint, last, stopwatch, ValidateAtEnd(),
                                              Snapshots(ckpt_dir / "history"), LearningRateMonitor("step"), *callbacks],
         enable_progress_bar=config.progress, enable_model_summary=False, log_every_n_steps=10,
@@ -182,7 +182,8 @@ def fit(
         "test_err": round(float(test["test/err"]), 4), "test_loss": float(test["test/loss"]),
         "val_err": val_err, "best_val_err": None if best is None else round(float(best), 4),
         "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
-        "batch_size": recipe.batch_size, "train_s": round(stopwatch.elapsed(), 2), "wall_s": round(wall_s, 2),
+        "batch_size": recipe.batch_size, "precision": config.precision_used(),
+        "train_s": round(stopwatch.elapsed(), 2), "wall_s": round(wall_s, 2),
         "params": info["params"], "world_size": trainer.world_size, "run_dir": str(run_dir),
     }
     if trainer.is_global_zero:
@@ -281,8 +282,9 @@ def evaluate(
         config.data_dir = data_dir
     config.test_subset = test_subset if test_subset is not None else config.test_subset
     dm = datamodule or make_datamodule(config, batch_size=500)
+    config.accelerator = accelerator
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_progress_bar=progress,
-                         enable_model_summary=False)
+                         enable_model_summary=False, precision=config.precision_used())  # as in training
     with _quiet_lightning():
         test = trainer.test(lit, datamodule=dm, verbose=False)[0]
     return {
