@@ -50,6 +50,7 @@ RUNS: dict[str, tuple[str, dict]] = {  # name: (model, overrides of BASE)
     "adam3e-3-onecycle-b128-loc3-bf16-15000": ("st-cnn", {"loc_lr_scale": 3.0, "precision": "bf16-mixed",
                                                           "steps": 15000, "eval_every": 1000}),
     "cnn-adam3e-3-onecycle-b128-loc3-8000": ("cnn", {**LONG, "loc_lr_scale": 3.0}),
+    "cnn-adam3e-3-onecycle-b128-bf16-15000": ("cnn", {"precision": "bf16-mixed", "steps": 15000, "eval_every": 1000}),
 }
 
 
