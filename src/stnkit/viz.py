@@ -126,7 +126,7 @@ def _test_images(config: Any, n: int, data_dir: str | None) -> tuple[Tensor, Ten
     if data_dir is not None:
         config.data_dir = data_dir
     config.test_subset = n
-    dm = make_datamodule(config, batch_size=n)
+    dm: Any = make_datamodule(config, batch_size=n)
     dm.setup("test")
     return dm.test_set.get_batch(torch.arange(n))
 

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = fit(config, overwrite=args.overwrite, callbacks=[] if config.progress else [PrintValidation("  ")])
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:  # under DDP every process returns here; one report is enough
+    if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP every process returns here; one report is enough
         return 0
     if args.json:
         print(json.dumps(metrics, indent=2))

@@ -8,6 +8,7 @@ input size, transform and localisation net. Pass ``hidden``/``channels`` to fix 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +28,10 @@ __all__ = ["CNN", "DEFAULT_PARAM_BUDGET", "FCN", "STClassifier", "ST_DOWNSAMPLE"
 
 DEFAULT_PARAM_BUDGET = 150_000
 ST_DOWNSAMPLE = ("output_size", "avgpool")
+
+
+def _size2(size: int | Sequence[int]) -> tuple[int, int]:
+    return cast("tuple[int, int]", normalize_size(size, 2, "input_size"))
 
 
 def _check_image(x: Tensor, expected: tuple[int, int, int], model: str) -> None:
@@ -59,7 +64,7 @@ class FCN(nn.Module):
         hidden: Sequence[int] = (128, 128),
     ) -> None:
         super().__init__()
-        self.input_shape = (in_channels, *normalize_size(input_size, 2, "input_size"))
+        self.input_shape: tuple[int, int, int] = (in_channels, *_size2(input_size))
         h1, h2 = hidden
         c, h, w = self.input_shape
         self.net = nn.Sequential(
@@ -106,7 +111,7 @@ class CNN(nn.Module):
         channels: Sequence[int] = (32, 64),
     ) -> None:
         super().__init__()
-        self.input_shape = (in_channels, *normalize_size(input_size, 2, "input_size"))
+        self.input_shape: tuple[int, int, int] = (in_channels, *_size2(input_size))
         c1, c2 = channels
         _, h, w = self.input_shape
         if h < 4 or w < 4:
@@ -186,7 +191,7 @@ def fcn(
     hidden: Sequence[int] | None = None, param_budget: int = DEFAULT_PARAM_BUDGET,
 ) -> FCN:
     """FCN baseline; hidden widths solved for ``param_budget`` unless given."""
-    size = normalize_size(input_size, 2, "input_size")
+    size = _size2(input_size)
     hidden = hidden or _fcn_hidden(in_channels * size[0] * size[1], num_classes, param_budget)
     return FCN(size, in_channels, num_classes, hidden)
 
@@ -197,7 +202,7 @@ def cnn(
     channels: Sequence[int] | None = None, param_budget: int = DEFAULT_PARAM_BUDGET,
 ) -> CNN:
     """CNN baseline; conv widths solved for ``param_budget`` unless given."""
-    size = normalize_size(input_size, 2, "input_size")
+    size = _size2(input_size)
     channels = channels or _cnn_channels((in_channels, *size), num_classes, param_budget)
     return CNN(size, in_channels, num_classes, channels)
 
@@ -216,7 +221,7 @@ def _st_model(
     st_downsample: str | None, param_budget: int, loc_lr_scale: float, bound: float | None,
     width: Sequence[int] | None,
 ) -> STClassifier:
-    size = normalize_size(input_size, 2, "input_size")
+    size = _size2(input_size)
     t = _transforms.get(transform)
     if t.spatial_dims != 2:
         raise ValueError(f"transform {t.name!r} is not a 2-D transform; ST models classify images")

@@ -84,7 +84,7 @@ class STNLitModule(pl.LightningModule):
         self.channels_last = channels_last and not any(isinstance(m, torch.nn.Conv3d) for m in self.model.modules())
         self.run_info: dict[str, Any] | None = None  # set by fit(): stored in every checkpoint
         if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, x: Tensor) -> Tensor:
         """Return logits (N, num_classes) for images (N, C, S, S)."""
@@ -104,8 +104,8 @@ class STNLitModule(pl.LightningModule):
         if not torch.isfinite(loss):  # host sync, once per step: no silent NaN training
             raise NonFiniteLossError(
                 f"training stopped: non-finite loss ({loss.item()}) at step {self.global_step}; the last good "
-                f"weights are in the run's last checkpoint. Try a lower --lr (now {self.hparams.lr}), a lower "
-                f"--loc-lr-scale (now {self.hparams.loc_lr_scale}) or another --optimizer"
+                f"weights are in the run's last checkpoint. Try a lower --lr (now {self.hparams['lr']}), a lower "
+                f"--loc-lr-scale (now {self.hparams['loc_lr_scale']}) or another --optimizer"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/err", err, batch_size=n)
@@ -128,7 +128,7 @@ class STNLitModule(pl.LightningModule):
             checkpoint["stnkit"] = {"config": self.run_info, "version": __version__}
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp: Any = self.hparams
         groups = param_groups(self.model, hp.lr, hp.weight_decay)  # localisation nets at lr * loc_lr_scale
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)

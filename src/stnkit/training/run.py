@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -125,7 +125,7 @@ def fit(
     if config.threads:
         torch.set_num_threads(config.threads)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    dm = datamodule or make_datamodule(config, recipe.batch_size)
+    dm: Any = datamodule or make_datamodule(config, recipe.batch_size)
     if config.epochs is not None:  # epochs -> steps, from the training loader's length
         dm.prepare_data()
         dm.setup("fit")
@@ -158,7 +158,8 @@ def fit(
     trainer = pl.Trainer(
         max_steps=recipe.steps, max_epochs=-1, val_check_interval=min(recipe.eval_every, recipe.steps),
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=config.accelerator,
-        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision_used(),
+        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
+        precision=cast(Any, config.precision_used()),
         logger=_loggers(run_dir), callbacks=[checkpoint, last, stopwatch, ValidateAtEnd(),
                                              Snapshots(ckpt_dir / "history"), LearningRateMonitor("step"), *callbacks],
         enable_progress_bar=config.progress, enable_model_summary=False, log_every_n_steps=10,
@@ -284,7 +285,7 @@ def evaluate(
     dm = datamodule or make_datamodule(config, batch_size=500)
     config.accelerator = accelerator
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_progress_bar=progress,
-                         enable_model_summary=False, precision=config.precision_used())  # as in training
+                         enable_model_summary=False, precision=cast(Any, config.precision_used()))  # as in training
     with _quiet_lightning():
         test = trainer.test(lit, datamodule=dm, verbose=False)[0]
     return {
