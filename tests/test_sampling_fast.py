@@ -167,3 +167,16 @@ class TestFallback:
         code = ("import sys, stnkit; from stnkit import _ext; "
                 "assert 'torch.utils.cpp_extension' not in sys.modules; assert _ext._state == {}")
         subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_extension_build_folder_is_keyed_by_source_content(tmp_path, monkeypatch):
+    """Checkouts of the same code share one build; other flags or sources get their own folder."""
+    monkeypatch.setenv("STNKIT_EXT_DIR", str(tmp_path))
+    build, sources = _ext._stage_sources("m", ["-O3"])
+    again, _ = _ext._stage_sources("m", ["-O3"])
+    other, _ = _ext._stage_sources("m", ["-O2"])
+    assert build == again != other
+    assert build.is_relative_to(tmp_path)
+    for staged in sources:
+        original = _ext.Path(_ext.__file__).parent / _ext.Path(staged).name
+        assert _ext.Path(staged).read_bytes() == original.read_bytes()

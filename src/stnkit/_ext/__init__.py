@@ -2,14 +2,17 @@
 
 ``load()`` returns the compiled module, or None when it cannot be built (no compiler, a build error) or is
 disabled with the environment variable ``STNKIT_DISABLE_EXT=1``; callers then use the pure-PyTorch path. The
-build is cached in ``$STNKIT_EXT_DIR`` (default ``~/.cache/stnkit/ext``) per torch and Python version, so later
-processes only load it (well under a second). A failed build is remembered for the process and logged at
+build is cached in ``$STNKIT_EXT_DIR`` (default ``~/.cache/stnkit/ext``) per torch and Python version and per
+content hash of the C++ sources and flags (the sources are copied there), so later processes only load it (well
+under a second) and two checkouts of the same code share one build instead of rebuilding each other's (a rebuild
+would overwrite a library that a running process has loaded). A failed build is remembered for the process and logged at
 DEBUG level, never raised or warned (the result is the same either way, only slower).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import platform
@@ -49,6 +52,26 @@ def _variant() -> tuple[str, list[str]]:
     return "stnkit_warp", flags
 
 
+def _stage_sources(name: str, flags: list[str]) -> tuple[Path, list[str]]:
+    """Copy the C++ sources into a build folder named by their content hash; return it and the copied paths."""
+    here = Path(__file__).parent
+    originals = [here / "warp.cpp", here / "tps_grid.cpp"]
+    digest = hashlib.sha256(" ".join(flags).encode())
+    for path in originals:
+        digest.update(path.read_bytes())
+    build = _build_dir() / f"{name}-{digest.hexdigest()[:12]}"
+    (build / "src").mkdir(parents=True, exist_ok=True)
+    staged = []
+    for path in originals:
+        target = build / "src" / path.name
+        if not target.exists() or target.read_bytes() != path.read_bytes():
+            tmp = target.with_name(f".{target.name}.{os.getpid()}")
+            tmp.write_bytes(path.read_bytes())
+            os.replace(tmp, target)  # atomic: a concurrent build sees the old or the new file, never half of one
+        staged.append(str(target))
+    return build, staged
+
+
 def load(verbose: bool = False) -> ModuleType | None:
     """Return the compiled ``stnkit_warp`` extension, building it on the first call; None if unavailable."""
     if "module" in _state:
@@ -65,10 +88,7 @@ def load(verbose: bool = False) -> ModuleType | None:
             from torch.utils import cpp_extension  # heavy import, only when the extension is wanted
 
             name, flags = _variant()
-            build = _build_dir() / name
-            build.mkdir(parents=True, exist_ok=True)
-            here = Path(__file__).parent
-            sources = [str(here / "warp.cpp"), str(here / "tps_grid.cpp")]
+            build, sources = _stage_sources(name, flags)
             module = cpp_extension.load(
                 name=name, sources=sources, build_directory=str(build), extra_cflags=flags, verbose=verbose
             )
