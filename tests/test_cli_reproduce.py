@@ -68,3 +68,14 @@ def test_user_errors_are_one_line(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "matches no addition cell" in err
     assert "Traceback" not in err
+
+
+def test_budget_the_experiment_lacks_is_refused_before_training(monkeypatch, capsys, tmp_path):
+    from stnkit.reproduce import coloc, table1
+
+    monkeypatch.setattr(coloc, "run", lambda *a, **kw: pytest.fail("coloc.run must not be called"))
+    assert main(["reproduce", "coloc", "--budget", "long", "--out", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no 'long' budget" in err
+    assert "smoke, cpu, paper" in err
+    assert table1.BUDGETS["long"]["recipe"] == "cpu"

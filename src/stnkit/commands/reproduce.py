@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this command's arguments to its parser."""
     p.add_argument("experiment", choices=list(EXPERIMENTS), metavar="EXPERIMENT",
                    help="; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()))
-    p.add_argument("--budget", default="cpu", choices=("smoke", "cpu", "paper"), help="training budget (default cpu)")
+    p.add_argument("--budget", default="cpu", choices=("smoke", "cpu", "long", "paper"),
+                   help="training budget (default cpu; long: table1 only, the whole cpu recipe for chosen cells)")
     p.add_argument("--cells", nargs="+", metavar="PATTERN",
                    help="run only these cells (table1: dataset[:model[:transform]]; others: shell patterns over the "
                         "cell keys, e.g. 'st-*'); default all")
@@ -47,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
     module = importlib.import_module(f"stnkit.reproduce.{args.experiment}")
+    if args.budget not in module.BUDGETS:
+        raise ValueError(f"reproduce {args.experiment} has no {args.budget!r} budget; choose one of "
+                         f"{', '.join(module.BUDGETS)}")
     progress = progress_default() if args.progress is None else args.progress
     overrides = {"threads": args.threads} if args.threads else None
     if args.threads:
