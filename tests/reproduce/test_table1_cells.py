@@ -62,3 +62,26 @@ class TestOutputs:
         atomic_write_text(store.cell_dir("rts-cnn") / "result.json", "{not json")
         with pytest.raises(ValueError, match="corrupt result file .*rts-cnn.*delete it"):
             store.load("rts-cnn")
+
+
+def test_val_curve_reads_the_lightning_csv_and_keeps_the_last_row_of_a_repeated_step(tmp_path):
+    from stnkit.reproduce.results import val_curve
+
+    assert val_curve(tmp_path) == []
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(
+        "epoch,step,time/train_s,train/loss,val/err\n"
+        "0,99,,0.5,\n"
+        "0,99,10.0,,7.5\n"
+        "1,199,20.0,,5.0\n"
+        "1,199,21.0,,4.0\n"  # resumed run repeating the validation of step 200
+    )
+    assert val_curve(tmp_path) == [{"step": 100, "train_s": 10.0, "val_err": 7.5},
+                                   {"step": 200, "train_s": 21.0, "val_err": 4.0}]
+
+
+def test_error_curves_rejects_unknown_axis():
+    from stnkit.reproduce.figures import error_curves
+
+    with pytest.raises(ValueError, match="'step', 'samples', 'train_s'"):
+        error_curves([], "t", x="epochs")

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from stnkit.reproduce import table1
+from stnkit.reproduce.results import val_curve
 
 
 @pytest.fixture
@@ -30,6 +31,12 @@ def test_smoke_table_resume(tmp_path, smoke_env, monkeypatch):
     assert "Budget **smoke**" in md
     assert "Cells finished: 2 of 36" in md
     assert (out / "fig_rts.png").stat().st_size > 5_000
+    assert (out / "curves_rts.png").stat().st_size > 5_000
+    steps = table1.BUDGETS["smoke"]["steps"]
+    curve = val_curve(out / "cells" / "rts-cnn" / "s0")
+    assert [c["step"] for c in curve] == list(range(table1.BUDGETS["smoke"]["eval_every"], steps + 1,
+                                                     table1.BUDGETS["smoke"]["eval_every"]))
+    assert all(0.0 <= c["val_err"] <= 100.0 and c["train_s"] > 0 for c in curve)
 
     # an interrupted cell (checkpoint but no result) resumes from its checkpoint; finished cells are skipped
     cell_dir = out / "cells" / "rts-st-cnn-affine"

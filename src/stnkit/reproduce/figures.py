@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["table1_figures", "transformer_rows"]
+__all__ = ["error_curves", "table1_curves", "table1_figures", "transformer_rows"]
 
 
 def transformer_rows(rows: Sequence[tuple[str, Any]], images: torch.Tensor, title: str) -> Any:
@@ -87,6 +87,80 @@ def table1_figures(out: str | Path, cells: Sequence[Any], n: int = 6) -> list[Pa
         fig = transformer_rows(rows, images, f"{dataset.upper()}: test inputs with the attended region (red; TPS "
                                "control points orange) and the transformer's output")
         path = out / f"fig_{dataset}.png"
+        fig.savefig(path, dpi=90)
+        written.append(path)
+    return written
+
+
+def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", figure: Any = None,
+                 legend: bool = True) -> Any:
+    """Plot validation error against training length, one line per run, with its test error and the paper's.
+
+    Args:
+        series: one dict per run: ``label``, ``curve`` (:func:`~stnkit.reproduce.results.val_curve` rows), and
+            optionally ``test_err`` (drawn as a marker at the last step), ``paper`` (a dotted line in the
+            same colour) and ``color``.
+        title: figure title.
+        x: ``"step"`` (iterations), ``"samples"`` (training samples; the rows must hold it) or ``"train_s"``
+            (training seconds, validation excluded; drawn in minutes).
+        figure: a matplotlib ``Figure`` or ``SubFigure`` to draw into (default: a new figure).
+        legend: draw the legend inside the axes (one entry per run, its test error in the label).
+
+    Returns:
+        A matplotlib ``Figure`` (log-scale error axis) or the ``figure`` passed in.
+    """
+    from matplotlib.figure import Figure
+
+    xlabels = {"step": "iterations", "samples": "training samples",
+               "train_s": "training minutes (validation excluded)"}
+    if x not in xlabels:
+        raise ValueError(f"x must be one of {', '.join(map(repr, xlabels))}; got {x!r}")
+    fig = figure if figure is not None else Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, s in enumerate(series):
+        curve = s["curve"]
+        if not curve:
+            continue
+        color = s.get("color", f"C{i % 10}")
+        xs = [c[x] / (60 if x == "train_s" else 1) for c in curve]
+        test = s.get("test_err")
+        label = s["label"] + (f": test {test:.2f} %" if test is not None else "")
+        ax.plot(xs, [c["val_err"] for c in curve], color=color, marker=".", ms=4, lw=1.2, label=label)
+        if test is not None:
+            ax.scatter([xs[-1]], [test], color=color, marker="*", s=90, zorder=3)
+        if s.get("paper") is not None:
+            ax.axhline(s["paper"], color=color, ls=":", lw=1.2, label=f"paper {s['paper']:.1f} %")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabels[x])
+    ax.set_ylabel("error (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def table1_curves(out: str | Path, cells: Sequence[Any], budget: str) -> list[Path]:
+    """Write ``curves_<dataset>.png``: validation error vs iterations of every finished cell of a distortion."""
+    from stnkit.reproduce.results import CellStore, val_curve
+
+    out = Path(out)
+    store = CellStore(out)
+    written = []
+    for dataset in dict.fromkeys(c.dataset for c in cells):
+        series = []
+        for c in cells:
+            if c.dataset != dataset:
+                continue
+            res = store.load(c.key) or {}
+            label = c.model.upper() + (f" {c.transform}" if c.transform and c.model.startswith("st-") else "")
+            series.append({"label": label, "curve": val_curve(store.cell_dir(c.key) / "s0"),
+                           "test_err": res.get("error"), "paper": c.paper})
+        if not any(s["curve"] for s in series):
+            continue
+        fig = error_curves(series, f"{dataset.upper()} ({budget} budget): validation error vs iterations, test "
+                           "error at the end (star), the paper's test error (dotted)")
+        path = out / f"curves_{dataset}.png"
         fig.savefig(path, dpi=90)
         written.append(path)
     return written

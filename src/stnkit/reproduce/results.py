@@ -7,6 +7,7 @@ their last checkpoint, so a table can be filled over several background runs.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 
 import stnkit
 
-__all__ = ["CellStore", "atomic_write_text", "fmt", "markdown_table", "provenance"]
+__all__ = ["CellStore", "atomic_write_text", "fmt", "markdown_table", "provenance", "val_curve"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -109,3 +110,24 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def val_curve(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """Return a training run's validation curve from its ``logs/metrics.csv``.
+
+    Returns:
+        ``[{"step", "train_s", "val_err"}, ...]`` in step order (``step`` counts optimiser steps, 1-based;
+        ``train_s`` is training time so far, validation excluded); empty when the run has no log yet. A step
+        logged twice (a resumed run repeats the validation it was killed in) keeps its last row.
+    """
+    path = Path(run_dir) / "logs" / "metrics.csv"
+    if not path.exists():
+        return []
+    by_step: dict[int, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/err"):
+                step = int(row["step"]) + 1
+                by_step[step] = {"step": step, "train_s": float(row.get("time/train_s") or "nan"),
+                                 "val_err": float(row["val/err"])}
+    return [by_step[s] for s in sorted(by_step)]

@@ -211,9 +211,11 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True) -> dict[st
     atomic_write_text(out / "table1.json", json.dumps(table, indent=2) + "\n")
     atomic_write_text(out / "table1.md", render_markdown(table))
     if figures:
-        from stnkit.reproduce.figures import table1_figures
+        from stnkit.reproduce.figures import table1_curves, table1_figures
 
-        table1_figures(out, [c for c in all_cells() if c.key in finished])
+        done = [c for c in all_cells() if c.key in finished]
+        table1_figures(out, done)
+        table1_curves(out, done, budget)
     return table
 
 
