@@ -26,6 +26,15 @@ def test_cells():
     assert big.fields["model_kwargs"] == {"channels": attention.CHANNELS, "crop": 20, "st_downsample": None}
 
 
+def test_cpu_budget_trains_attention_models_longer_but_not_the_cnns():
+    cells = {c.key: attention._budget_cell(c, "cpu") for c in attention.CELLS}
+    assert cells["tc120-cnn"].fields.get("steps") is None  # the budget's 1,500
+    assert cells["tc120-st-crop20"].fields["steps"] == attention.BUDGETS["cpu"]["st_steps"] == 6000
+    assert attention._budget_cell(attention.CELLS[1], "smoke") is attention.CELLS[1]
+    assert attention._recipe_summary("cpu")["st_steps"] == 6000
+    assert attention._recipe_summary("cpu")["steps"] == 1500
+
+
 def test_time_model_counts_per_image():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
     t = attention.time_model(model, torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long))
@@ -52,6 +61,7 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert "Budget **smoke**" in md
     assert "speed-up vs CNN" in md
     assert "60x60, crop 20: faster:" in md
+    assert "training minutes" in md
     assert "120x120, crop 30: not all cells run yet" in md
     assert (out / "fig_attention_60.png").stat().st_size > 5_000
     from stnkit.training import load_checkpoint
