@@ -9,14 +9,13 @@ resumable: a finished cell's ``result.json`` is kept and skipped, an interrupted
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, provenance
+from stnkit.reproduce.cells import FitCell, run_fit_cells
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "PAPER", "Cell", "all_cells", "run", "select_cells", "write_outputs"]
 
@@ -113,18 +112,10 @@ def select_cells(specs: Sequence[str] | None) -> list[Cell]:
     return chosen
 
 
-def _train_seed(cell: Cell, seed: int, run_dir: Path, budget: str, data_dir: str | None, progress: bool,
-                overrides: dict[str, Any]) -> dict[str, Any]:
-    from stnkit.training import TrainConfig, fit  # Lightning is imported only when training
-
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():  # this seed finished in an earlier run
-        return json.loads(metrics_path.read_text())
-    resume = (run_dir / "checkpoints" / "last.ckpt").exists()
-    cfg = TrainConfig(dataset=cell.dataset, model=cell.model, transform=cell.transform or "affine", seed=seed,
-                      data_dir=data_dir, out=str(run_dir), resume=resume, progress=progress,
-                      **{**BUDGETS[budget], **overrides})
-    return fit(cfg)
+def _fit_cell(cell: Cell) -> FitCell:
+    label = ROW_LABEL[cell.model] + (f" {T_LABEL[cell.transform]}" if cell.transform else "")
+    fields = {"dataset": cell.dataset, "model": cell.model, **({"transform": cell.transform} if cell.transform else {})}
+    return FitCell(cell.key, label, fields, cell.paper)
 
 
 def run(
@@ -159,46 +150,10 @@ def run(
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
     out = Path(out)
-    chosen = select_cells(cells)
-    n_seeds = seeds or DEFAULT_SEEDS[budget]
-    if n_seeds < 1:
-        raise ValueError(f"seeds must be >= 1; got {n_seeds}")
-    _check_budget(out, budget)
-    store = CellStore(out)
-    for i, cell in enumerate(chosen, 1):
-        done = store.load(cell.key)
-        if done is not None and done.get("seeds", 0) >= n_seeds:
-            log(f"[{i}/{len(chosen)}] {cell.key}: done ({done['error']:.2f} %), skipped")
-            continue
-        t0 = time.time()
-        results = []
-        for seed in range(n_seeds):
-            log(f"[{i}/{len(chosen)}] {cell.key} seed {seed}: training ({budget} budget)")
-            results.append(_train_seed(cell, seed, store.cell_dir(cell.key) / f"s{seed}", budget, data_dir,
-                                       progress, overrides or {}))
-        errors = [float(r["test_err"]) for r in results]
-        result = {
-            "model": cell.model, "transform": cell.transform, "dataset": cell.dataset,
-            "error": statistics.fmean(errors), "errors": errors, "seeds": n_seeds,
-            "iterations": int(results[0]["steps"]), "wall_s": round(sum(float(r["wall_s"]) for r in results), 1),
-            "params": int(results[0]["params"]), "budget": budget, "recipe": results[0].get("recipe"),
-            "paper": cell.paper, **provenance(),
-        }
-        store.save(cell.key, result)
-        log(f"[{i}/{len(chosen)}] {cell.key}: {result['error']:.2f} % (paper {fmt(cell.paper, 1)} %), "
-            f"{time.time() - t0:.0f} s")
-        write_outputs(out, budget, figures=False)
+    chosen = [_fit_cell(c) for c in select_cells(cells)]
+    run_fit_cells(out, chosen, budget, BUDGETS[budget], seeds or DEFAULT_SEEDS[budget], data_dir, progress,
+                  overrides, log, after_cell=lambda: write_outputs(out, budget, figures=False))
     return write_outputs(out, budget, figures=figures)
-
-
-def _check_budget(out: Path, budget: str) -> None:
-    marker = out / "budget.json"
-    if marker.exists():
-        recorded = json.loads(marker.read_text()).get("budget")
-        if recorded != budget:
-            raise ValueError(f"{out} holds results of the {recorded!r} budget; use another --out for {budget!r}")
-    else:
-        atomic_write_text(marker, json.dumps({"budget": budget}) + "\n")
 
 
 def write_outputs(out: str | Path, budget: str, figures: bool = True) -> dict[str, Any]:
