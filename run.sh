@@ -2,6 +2,7 @@
 # stnkit's two entry points. Each creates or refreshes the virtual environment (.venv) itself.
 #   ./run.sh demo [stnkit demo options]   train an ST-CNN and a CNN on RTS MNIST, print both errors, draw the figure
 #   ./run.sh test [pytest options]        the whole test suite
+#   ./run.sh setup                        only create/refresh .venv (with the dev and training extras)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${STNKIT_VENV:-.venv}
@@ -44,8 +45,11 @@ case "$cmd" in
     setup dev
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
+  setup)
+    setup dev
+    ;;
   *)
-    echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options]" >&2
+    echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options] | ./run.sh setup" >&2
     exit 2
     ;;
 esac

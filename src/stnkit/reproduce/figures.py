@@ -82,7 +82,7 @@ def table1_figures(out: str | Path, cells: Sequence[Any], n: int = 6) -> list[Pa
             if images is None:
                 images, _labels = _test_images(config, n, None)
             rows.append((f"{c.model.upper()} {c.transform}", lit.model))
-        if not rows:
+        if not rows or images is None:
             continue
         fig = transformer_rows(rows, images, f"{dataset.upper()}: test inputs with the attended region (red; TPS "
                                "control points orange) and the transformer's output")

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fill every `--budget cpu` reproduction of results/ in the background, in two lanes (one per core, one thread
+# each: two 1-thread jobs beat one 2-thread job on a 2-core machine, and never oversubscribe it). Everything is
+# resumable per cell: kill it at any time and run this again to continue. Logs: results/<name>.log.
+#   scripts/reproduce_all.sh            # start both lanes in the background
+#   scripts/reproduce_all.sh --wait     # ... and wait for them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./run.sh setup                      # creates/refreshes .venv
+export OMP_WAIT_POLICY=PASSIVE      # yield instead of spinning when the other lane or the user needs the CPU
+r() {  # experiment budget [extra args]
+  local name=$1 budget=$2
+  shift 2
+  local out=results/$name
+  [ "$budget" = cpu ] || out=results/$name-$budget
+  .venv/bin/stnkit reproduce "$name" --budget "$budget" --threads 1 --out "$out" --no-progress "$@" \
+    >> "$out.log" 2>&1
+}
+lane1() { r table1 cpu; }
+lane2() {
+  r table1 long --cells rts:st-cnn:affine rts:cnn
+  r coloc cpu
+  r attention cpu
+  r mnist3d cpu
+  r addition cpu
+}
+mkdir -p results
+lane1 & p1=$!
+lane2 & p2=$!
+echo "reproductions running in the background (pids $p1 $p2); logs in results/*.log"
+if [ "${1:-}" = --wait ]; then wait; fi
