@@ -87,6 +87,7 @@ def fused_warp(
     """
     if not fused_applies(input, transform, mode, padding_mode) or _ext.load() is None:
         return None
+    assert isinstance(transform, (_Affine2D, Projective))  # fused_applies checked it; narrows for _to_matrix
     params = transform.check_params(params)
     dtype = torch.promote_types(input.dtype, grid_dtype(params.dtype))
     with no_autocast(params.device):

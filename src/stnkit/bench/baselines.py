@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -159,8 +160,8 @@ def make_baseline(
                     m = _homogeneous(_attention_theta(p) if op == "attention" else p.view(-1, 2, 3))
                 px = denormalize_matrix(m, in_size, out_size, ac)  # src_from_dst in pixels
                 dst_from_src = torch.linalg.inv(px)
-                return warp(x, dst_from_src if op == "projective" else dst_from_src[:, :2], out_size,
-                            align_corners=ac)
+                return warp(x, dst_from_src if op == "projective" else dst_from_src[:, :2],
+                            cast("tuple[int, int]", out_size), align_corners=ac)  # 2-D ops: (h, w)
 
             return kornia_matrix
         if op.startswith("tps") and tps is not None and tuple(in_size) == tuple(out_size):

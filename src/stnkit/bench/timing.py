@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -19,7 +19,7 @@ __all__ = ["copy_bandwidth", "interleaved", "load_average", "machine_info"]
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], *, budget_s: float = 1.0, min_reps: int = 5, max_reps: int = 30,
+    fns: Mapping[str, Callable[[], object]], *, budget_s: float = 1.0, min_reps: int = 5, max_reps: int = 30,
     warmup: int = 2,
 ) -> dict[str, float]:
     """Time callables side by side and return each one's median in milliseconds.

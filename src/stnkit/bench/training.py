@@ -25,6 +25,7 @@ import copy
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ from torch import nn
 
 from stnkit.bench._reference import reference_paths
 from stnkit.bench.timing import interleaved
+
+if TYPE_CHECKING:
+    from stnkit.models.mnist import STClassifier
 
 __all__ = ["DataResult", "StepResult", "run_data", "run_training"]
 
@@ -136,11 +140,14 @@ def run_training(
             baseline = create(base_name, input_size=size)
             for transform in transforms:
                 torch.manual_seed(0)
-                model = create(kind, input_size=size, transform=transform, st_downsample=downsample)
+                # the Table 1 ST models (st-fcn, st-cnn) are STClassifiers
+                model = cast("STClassifier", create(kind, input_size=size, transform=transform,
+                                                    st_downsample=downsample))
                 st = model.transformer
                 with torch.no_grad():  # a non-trivial warp: identity-initialised heads would sample the identity
                     st.head.bias.add_(0.05 * torch.randn(st.head.bias.shape, generator=gen))
-                cls_shape = model.classifier.input_shape  # (C, h, w) after the transformer (and its pooling)
+                # (C, h, w) after the transformer (and its pooling): the classifier is an FCN or a CNN
+                cls_shape = cast("tuple[int, int, int]", model.classifier.input_shape)
                 cls_x = torch.rand(batch, *cls_shape, generator=gen)
                 classifier = copy.deepcopy(model.classifier)  # the same classifier, without the transformer
                 params = st.predict_params(x).detach().requires_grad_()

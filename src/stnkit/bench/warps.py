@@ -101,7 +101,10 @@ def _params(op: str, n: int, gen: torch.Generator, tps: ThinPlateSpline | None) 
 
 
 def _stnkit(op: str, out_size: tuple[int, ...], tps: ThinPlateSpline | None) -> Callable:
-    transform = tps if op.startswith("tps") else op
+    transform: str | ThinPlateSpline = op
+    if op.startswith("tps"):
+        assert tps is not None, f"op {op!r} needs its ThinPlateSpline"
+        transform = tps
     return lambda x, p: stnkit.warp(x, p, transform, out_size, align_corners=ALIGN_CORNERS)
 
 

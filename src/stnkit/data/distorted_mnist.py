@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence, Sized
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -211,13 +212,13 @@ class EpochSampler(DistributedSampler):
         if num_replicas is not None and not 0 <= (rank or 0) < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}); got {rank}")
 
-    @property  # type: ignore[override]
-    def num_replicas(self) -> int:
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]  # deliberate: read-only, asked lazily
         """World size the order is sharded over (asked lazily: the process group may start after construction)."""
         return self._world()[0]
 
-    @property  # type: ignore[override]
-    def rank(self) -> int:
+    @property
+    def rank(self) -> int:  # type: ignore[override]  # deliberate: read-only, asked lazily
         """This process's shard."""
         return self._world()[1]
 
@@ -239,10 +240,10 @@ class EpochSampler(DistributedSampler):
 
     def __len__(self) -> int:
         world, _ = self._world()
-        return -(-len(self.dataset) // world)  # this rank's share, padded
+        return -(-len(cast(Sized, self.dataset)) // world)  # this rank's share, padded
 
     def __iter__(self) -> Iterator[int]:
-        n = len(self.dataset)
+        n = len(cast(Sized, self.dataset))  # __init__ takes a Sized; torch types the attribute as Dataset
         if self.shuffle:
             g = torch.Generator().manual_seed(rng.derive_key(self.seed, "order", self.epoch) >> 1)
             order = torch.randperm(n, generator=g)

@@ -48,10 +48,10 @@ def _affine_grid_reference(theta: Tensor, size: tuple[int, ...], align_corners: 
 def _affine_grid3d_reference(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
     """Broadcast affine grid (N, D, H, W, 3) of theta (N, 3, 4), differentiated by autograd (the reference)."""
     d, h, w = size
-    kw = {"device": theta.device, "dtype": theta.dtype}
-    x = base_coords(w, align_corners, **kw).view(1, 1, 1, w, 1)  # (1, 1, 1, W, 1)
-    y = base_coords(h, align_corners, **kw).view(1, 1, h, 1, 1)  # (1, 1, H, 1, 1)
-    z = base_coords(d, align_corners, **kw).view(1, d, 1, 1, 1)  # (1, D, 1, 1, 1)
+    dev, dt = theta.device, theta.dtype
+    x = base_coords(w, align_corners, device=dev, dtype=dt).view(1, 1, 1, w, 1)  # (1, 1, 1, W, 1)
+    y = base_coords(h, align_corners, device=dev, dtype=dt).view(1, 1, h, 1, 1)  # (1, 1, H, 1, 1)
+    z = base_coords(d, align_corners, device=dev, dtype=dt).view(1, d, 1, 1, 1)  # (1, D, 1, 1, 1)
     cols = theta.transpose(1, 2)[:, None, None, None]  # (N, 1, 1, 1, 4, 3): column j of A as a row
     g = torch.addcmul(cols[..., 3, :], x, cols[..., 0, :])  # (N, 1, 1, W, 3)
     g = torch.addcmul(g, y, cols[..., 1, :])  # (N, 1, H, W, 3)

@@ -10,6 +10,7 @@ output basis with that inverse is cached per output size, so a grid costs one ba
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -113,7 +114,8 @@ class ThinPlateSpline(Transform):
         # carry no derived tensors and the buffers follow .to(device)
         self.register_buffer("control_points", cp, persistent=False)  # (K, 2)
         self.register_buffer("_inverse", torch.linalg.inv(system)[:, :k].contiguous(), persistent=False)  # (K+3, K)
-        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        # (h, w, ...) -> (base, M) of basis(); ("grid", h, w, ...) -> (base, M, M^T) of _grid_basis()
+        self._cache: dict[tuple, tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]] = {}
 
     @property
     def num_control_points(self) -> int:
@@ -156,7 +158,7 @@ class ThinPlateSpline(Transform):
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
             hit = self._cache[key] = self._compute_basis(h, w, align_corners, dtype)
-        return hit
+        return cast("tuple[Tensor, Tensor]", hit)  # a (h, w, ...) key: always a basis() pair
 
     def _compute_basis(self, h: int, w: int, align_corners: bool, dtype) -> tuple[Tensor, Tensor]:
         dev = self.control_points.device
@@ -190,7 +192,7 @@ class ThinPlateSpline(Transform):
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
             hit = self._cache[key] = (base.reshape(1, -1, 2), m, m.t().contiguous())
-        return hit  # type: ignore[return-value]
+        return cast("tuple[Tensor, Tensor, Tensor]", hit)  # a ("grid", ...) key: always a triple
 
     def _transform_points(self, params: Tensor, points: Tensor) -> Tensor:
         m = _radial_basis(points.double(), self.control_points) @ self._inverse  # (N, M, K)
