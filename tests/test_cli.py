@@ -64,6 +64,8 @@ class TestBadArguments:
         (["evaluate", "/nonexistent/run"], "no run directory or checkpoint at /nonexistent/run"),
         (["visualize", "/nonexistent/run", "--out", "/nonexistent/dir/fig.png"], "does not exist"),
         (["summary", "--dataset", "xyz"], "unknown dataset 'xyz'"),
+        (["train", "--bound", "0"], "--bound must be positive"),
+        (["train", "--model", "cnn", "--bound", "1"], "--bound applies to ST models"),
     ])
     def test_message(self, capsys, argv, match):
         _one_line_error(capsys, argv, match)

@@ -77,3 +77,10 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
         addition.run(out, budget="cpu", cells=cells, log=lambda *_: None)
     with pytest.raises(ValueError, match="matches no addition cell"):
         addition.run(tmp_path / "x", budget="smoke", cells=["resnet"], log=lambda *_: None)
+
+
+def test_cpu_budget_keeps_the_localisation_lr_at_x1():
+    # the cpu recipe's x3 made both localisation nets of the 2xST-FCN diverge (blank outputs, error at chance)
+    assert addition.BUDGETS["cpu"]["loc_lr_scale"] == 1.0
+    assert addition._recipe_summary("cpu")["loc_lr_scale"] == 1.0
+    assert addition._recipe_summary("cpu")["steps"] == addition.BUDGETS["cpu"]["steps"]

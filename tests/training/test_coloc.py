@@ -41,3 +41,19 @@ def test_training_step_backpropagates_to_the_localisation_net_only():
     loss.backward()
     assert all(p.grad is not None for p in lit.transformer.parameters())
     assert all(p.grad is None for p in lit.encoder.parameters())
+
+
+def test_window_bound_anneals_to_its_final_value_and_bounds_the_boxes(tmp_path):
+    import pytest
+
+    lit = ColocLitModule(CNNEmbedding(CNN(28, channels=(4, 8))), scale_range=(0.25, 0.6), final_max_scale=0.4,
+                         anneal=0.5, steps=10)
+    assert [round(lit.max_scale(t), 3) for t in (0, 1, 5, 10)] == [0.6, 0.56, 0.4, 0.4]
+    with pytest.raises(ValueError, match="final_max_scale"):
+        ColocLitModule(CNNEmbedding(CNN(28, channels=(4, 8))), scale_range=(0.25, 0.6), final_max_scale=0.7)
+    with pytest.raises(ValueError, match="anneal"):
+        ColocLitModule(CNNEmbedding(CNN(28, channels=(4, 8))), anneal=0.0)
+    res = fit_coloc(_set(), CNN(28, channels=(4, 8)), steps=4, eval_every=2, final_max_scale=0.3, anneal=0.5)
+    final = torch.tensor(res["history"][-1]["params"])
+    assert (final[:, 0] <= 0.3 + 1e-6).all()  # every window within the annealed bound at the end
+    assert torch.tensor(res["history"][0]["params"])[:, 0].eq(0.5).all()  # and started at the initial scale

@@ -61,3 +61,39 @@ class TestSTNLitModule:
     def test_errors(self, kw, match):
         with pytest.raises(ValueError, match=match):
             STNLitModule(input_size=28, **kw)
+
+
+class TestBlankTransformerWarning:
+    @staticmethod
+    def _validate(lit, x):
+        import lightning.pytorch as pl
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from stnkit.training.run import _quiet_lightning
+
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+        data = DataLoader(TensorDataset(x, torch.zeros(x.shape[0], dtype=torch.long)), batch_size=x.shape[0])
+        with _quiet_lightning():
+            return trainer.validate(lit, data, verbose=False)[0]
+
+    def test_a_window_moved_off_the_image_is_reported_and_warned_about(self):
+        lit = STNLitModule(model="st-fcn", input_size=28, param_budget=20_000)
+        with torch.no_grad():
+            lit.model.transformer.head.bias[2] = 10.0  # tx far outside [-1, 1]: every output pixel reads padding
+        x = torch.rand(6, 1, 28, 28)
+        with pytest.warns(UserWarning, match="all-zero image for 100 % of the validation images"):
+            metrics = self._validate(lit, x)
+        assert metrics["val/st_blank"] == pytest.approx(100.0)
+
+    def test_identity_transformer_is_not_blank_and_blank_inputs_do_not_count(self):
+        lit = STNLitModule(model="st-fcn", input_size=28, param_budget=20_000)
+        x = torch.rand(6, 1, 28, 28)
+        x[:3] = 0  # empty inputs give empty outputs: not the transformer's fault
+        metrics = self._validate(lit, x)
+        assert metrics["val/st_blank"] == 0.0
+
+    def test_baselines_log_nothing(self):
+        metrics = self._validate(STNLitModule(model="fcn", input_size=28, param_budget=20_000),
+                                 torch.rand(4, 1, 28, 28))
+        assert "val/st_blank" not in metrics

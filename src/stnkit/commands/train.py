@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loc-lr-scale", type=float, help="learning-rate multiplier of the localisation net")
     g.add_argument("--eval-every", type=int, help="steps between validations/checkpoints")
     g.add_argument("--st-downsample", help="output_size or avgpool (ST models on RTS/TC)")
+    g.add_argument("--bound", type=float,
+                   help="ST models: keep the transform's parameters within this tanh bound of the identity (guards "
+                        "against a diverging localisation net; default unbounded, as in the paper)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     d = p.add_argument_group("data and output")
     d.add_argument("--seed", type=int, default=0)
@@ -81,6 +84,12 @@ def config_from_args(args: argparse.Namespace):
     kw["progress"] = progress_default() if args.progress is None else args.progress
     if args.param_budget is not None:
         kw["param_budget"] = args.param_budget
+    if args.bound is not None:
+        if args.bound <= 0:
+            raise ValueError(f"--bound must be positive; got {args.bound}")
+        if not args.model.lower().startswith("st-"):
+            raise ValueError(f"--bound applies to ST models; {args.model!r} has no spatial transformer")
+        kw["model_kwargs"] = {"bound": args.bound}
     config = TrainConfig(**kw)
     if not args.resume:
         config.resolved_recipe()  # validate recipe values now
