@@ -19,3 +19,9 @@ def test_ruff_is_clean():
 def test_mypy_is_clean():
     r = _run("mypy", "src/stnkit")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_shell_scripts_parse():
+    for script in ("run.sh", ".ci/run", "scripts/reproduce_all.sh"):
+        r = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"{script}: {r.stderr}"
