@@ -16,9 +16,14 @@ r() {  # experiment budget [extra args]
   .venv/bin/stnkit reproduce "$name" --budget "$budget" --threads 1 --out "$out" --no-progress "$@" \
     >> "$out.log" 2>&1
 }
-lane1() { r table1 cpu; }
+# Table 1 split over both lanes (disjoint cells; each finished cell rewrites the table from all finished ones)
+lane1() {
+  r table1 cpu --cells r p tc
+  r table1 long --cells rts:cnn
+}
 lane2() {
-  r table1 long --cells rts:st-cnn:affine rts:cnn
+  r table1 cpu --cells rts e
+  r table1 long --cells rts:st-cnn:affine
   r coloc cpu
   r attention cpu
   r mnist3d cpu
