@@ -85,3 +85,37 @@ def test_error_curves_rejects_unknown_axis():
 
     with pytest.raises(ValueError, match="'step', 'samples', 'train_s'"):
         error_curves([], "t", x="epochs")
+
+
+def test_claim_keeps_a_cell_to_one_live_process_and_takes_over_stale_locks(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from stnkit.reproduce.cells import claim
+
+    lock = claim(tmp_path / "cell")
+    assert lock is not None
+    assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert claim(tmp_path / "cell") is None  # held by a live process (this one)
+    lock.unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "cell" / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    again = claim(tmp_path / "cell")  # its process has exited: stale, taken over
+    assert again is not None
+    assert again.read_text().endswith(str(os.getpid()))
+
+
+def test_run_skips_a_cell_another_process_is_training(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    import stnkit.training as training
+
+    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("a claimed cell must not be trained"))
+    (tmp_path / "cells" / "rts-cnn").mkdir(parents=True)
+    (tmp_path / "cells" / "rts-cnn" / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}")
+    lines = []
+    table1.run(tmp_path, budget="smoke", cells=["rts:cnn"], progress=False, figures=False, log=lines.append)
+    assert any("being trained by another process" in line for line in lines)

@@ -11,6 +11,8 @@ it (the same as Table 1's cells).
 from __future__ import annotations
 
 import json
+import os
+import socket
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +23,7 @@ from typing import Any
 
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, provenance
 
-__all__ = ["FitCell", "check_budget", "run_fit_cells", "select", "train_or_resume"]
+__all__ = ["FitCell", "check_budget", "claim", "run_fit_cells", "select", "train_or_resume"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,41 @@ def check_budget(out: Path, budget: str) -> None:
         atomic_write_text(marker, json.dumps({"budget": budget}) + "\n")
 
 
+def claim(cell_dir: Path) -> Path | None:
+    """Take a cell for this process: create ``cell_dir/.lock`` holding our host and pid.
+
+    Two background runs of one reproduction (e.g. one per core, on overlapping cell patterns) must never train the
+    same cell into the same folder. Returns the lock's path (delete it when done), or None when a live process on
+    this host holds it. A lock left by a process that no longer exists (killed) is taken over.
+    """
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    lock = cell_dir / ".lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            host, _, pid = lock.read_text().partition(" ")
+            if host == socket.gethostname() and pid.strip().isdigit() and _alive(int(pid)):
+                return None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return lock
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def train_or_resume(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Return a run's metrics: read them if it finished, else train (resuming from its checkpoint if any)."""
     metrics_path = run_dir / "metrics.json"
@@ -118,13 +155,20 @@ def run_fit_cells(
         if done is not None and done.get("seeds", 0) >= n_seeds:
             log(f"[{i}/{len(cells)}] {cell.key}: done ({done['error']:.2f} %), skipped")
             continue
+        lock = claim(store.cell_dir(cell.key))
+        if lock is None:
+            log(f"[{i}/{len(cells)}] {cell.key}: being trained by another process, skipped")
+            continue
         t0 = time.time()
         results = []
-        for seed in range(n_seeds):
-            log(f"[{i}/{len(cells)}] {cell.key} seed {seed}: training ({budget} budget)")
-            fields = {**budget_fields, **cell.fields, "seed": seed, "data_dir": data_dir, "progress": progress,
-                      **(overrides or {})}
-            results.append(train_or_resume(store.cell_dir(cell.key) / f"s{seed}", **fields))
+        try:
+            for seed in range(n_seeds):
+                log(f"[{i}/{len(cells)}] {cell.key} seed {seed}: training ({budget} budget)")
+                fields = {**budget_fields, **cell.fields, "seed": seed, "data_dir": data_dir, "progress": progress,
+                          **(overrides or {})}
+                results.append(train_or_resume(store.cell_dir(cell.key) / f"s{seed}", **fields))
+        finally:
+            lock.unlink(missing_ok=True)
         errors = [float(r["test_err"]) for r in results]
         result = {
             "key": cell.key, "label": cell.label, **{k: cell.fields.get(k) for k in ("dataset", "model", "transform")},

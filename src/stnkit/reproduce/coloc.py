@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from stnkit.reproduce.cells import check_budget, select, train_or_resume
+from stnkit.reproduce.cells import check_budget, claim, select, train_or_resume
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, provenance
 
 __all__ = ["BUDGETS", "CELLS", "ColocCell", "boxes_figure", "run", "write_outputs"]
@@ -117,11 +117,18 @@ def run(
         if done is not None and done.get("seeds", 0) >= n_seeds:
             log(f"[{i}/{len(chosen)}] {cell.key}: done ({done['correct']:.0f} % correct), skipped")
             continue
+        lock = claim(store.cell_dir(cell.key))
+        if lock is None:
+            log(f"[{i}/{len(chosen)}] {cell.key}: being run by another process, skipped")
+            continue
         if encoder is None or data is None:
             encoder, data = _load(store.cell_dir("encoder") / "s0", data_dir)
         t0 = time.time()
-        results = [_colocalise(cell, seed, encoder, data, b, store.cell_dir(cell.key) / f"s{seed}", progress)
-                   for seed in range(n_seeds)]
+        try:
+            results = [_colocalise(cell, seed, encoder, data, b, store.cell_dir(cell.key) / f"s{seed}", progress)
+                       for seed in range(n_seeds)]
+        finally:
+            lock.unlink(missing_ok=True)
         corrects = [r["correct"] for r in results]
         lo, hi = PAPER[cell.kind]
         result = {
