@@ -115,7 +115,7 @@ def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", 
                "train_s": "training minutes (validation excluded)"}
     if x not in xlabels:
         raise ValueError(f"x must be one of {', '.join(map(repr, xlabels))}; got {x!r}")
-    fig = figure if figure is not None else Figure(figsize=(7.5, 4.5), layout="constrained")
+    fig = figure if figure is not None else Figure(figsize=(9.5, 4.5), layout="constrained")
     ax = fig.subplots()
     for i, s in enumerate(series):
         curve = s["curve"]
@@ -134,8 +134,8 @@ def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", 
     ax.set_xlabel(xlabels[x])
     ax.set_ylabel("error (%)")
     ax.grid(True, which="both", alpha=0.3)
-    if legend:
-        ax.legend(fontsize=7, loc="upper right")
+    if legend:  # beside the axes: inside, it would hide the curves' ends and the test-error stars
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -158,8 +158,8 @@ def table1_curves(out: str | Path, cells: Sequence[Any], budget: str) -> list[Pa
                            "test_err": res.get("error"), "paper": c.paper})
         if not any(s["curve"] for s in series):
             continue
-        fig = error_curves(series, f"{dataset.upper()} ({budget} budget): validation error vs iterations, test "
-                           "error at the end (star), the paper's test error (dotted)")
+        fig = error_curves(series, f"{dataset.upper()} ({budget} budget): validation error vs iterations\n"
+                           "test error at the end (star), the paper's test error (dotted)")
         path = out / f"curves_{dataset}.png"
         fig.savefig(path, dpi=90)
         written.append(path)
