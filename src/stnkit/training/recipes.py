@@ -79,7 +79,8 @@ RECIPES: dict[str, Recipe] = {
             note="fast CPU convergence, measured in results/recipes/: Adam 3e-3 with a one-cycle schedule (SGD with "
                  "momentum was 4x worse at equal steps), localisation lr x3 (x0.1 and x10 were worse), batch 128, "
                  "bf16 autocast where the CPU has native bfloat16 (1.7x faster here); 15k steps = 1.9M samples: "
-                 "ST-CNN on RTS 0.89 % test error after 13 minutes on 2 idle cores (AVX512-BF16)",
+                 "ST-CNN on RTS 0.89 % test error after 13 minutes on 2 idle cores (AVX512-BF16), 1.50 % in a "
+                 "second run differing only in thread count (the recipe's spread)",
         ),
         Recipe(
             "demo", optimizer="adam", lr=3e-3, scheduler="onecycle", pct_start=0.2, batch_size=128, steps=1_000,
