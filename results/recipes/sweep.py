@@ -8,7 +8,6 @@ cores are oversubscribed); error vs steps does not depend on load at all.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from stnkit.reproduce.results import val_curve
 from stnkit.training import TrainConfig, fit
 
 HERE = Path(__file__).resolve().parent
@@ -68,12 +68,7 @@ def run(name: str, extra: dict | None = None, threads: int = 2) -> dict:
     load0 = _load()
     metrics = fit(config, overwrite=True)
     load1 = _load()
-    curve = []
-    with open(Path(config.out) / "logs" / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if row.get("val/err"):
-                curve.append({"step": int(row["step"]) + 1, "train_s": float(row["time/train_s"]),
-                              "val_err": float(row["val/err"])})
+    curve = val_curve(config.out)
     result = {"name": name, "model": model, "recipe": config.to_dict()["resolved"], "metrics": metrics,
               "curve": curve, "load_before": load0, "load_after": load1, "cpu_threads": torch.get_num_threads()}
     (HERE / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -104,7 +104,7 @@ def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", 
         x: ``"step"`` (iterations), ``"samples"`` (training samples; the rows must hold it) or ``"train_s"``
             (training seconds, validation excluded; drawn in minutes).
         figure: a matplotlib ``Figure`` or ``SubFigure`` to draw into (default: a new figure).
-        legend: draw the legend inside the axes (one entry per run, its test error in the label).
+        legend: draw the legend beside the axes (one entry per run, its test error in the label).
 
     Returns:
         A matplotlib ``Figure`` (log-scale error axis) or the ``figure`` passed in.

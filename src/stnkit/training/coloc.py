@@ -96,15 +96,16 @@ class ColocLitModule(pl.LightningModule):
 
     def max_scale(self, step: int) -> float:
         """The window's upper scale bound at optimisation step ``step`` (linear from the range's top)."""
-        head = self.transformer.head
-        if self.final_max_scale is None or not isinstance(head, AttentionWindowHead):
-            return float(getattr(head, "hi", 1.0))
+        if self.final_max_scale is None:  # no annealing: the head's own bound (none without a scale range)
+            return float(getattr(self.transformer.head, "hi", 1.0))
         top = float(self.hparams["scale_range"][1])
         return top + (self.final_max_scale - top) * min(1.0, step / self.anneal_steps)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.final_max_scale is not None and isinstance(self.transformer.head, AttentionWindowHead):
-            self.transformer.head.hi = self.max_scale(self.global_step)
+        if self.final_max_scale is not None:  # set only with a scale range, i.e. an AttentionWindowHead
+            head = self.transformer.head
+            assert isinstance(head, AttentionWindowHead)
+            head.hi = self.max_scale(self.global_step)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0]
