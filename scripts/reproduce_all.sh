@@ -16,17 +16,18 @@ r() {  # experiment budget [extra args]
   .venv/bin/stnkit reproduce "$name" --budget "$budget" --threads 1 --out "$out" --no-progress "$@" \
     >> "$out.log" 2>&1
 }
-# Table 1 split over both lanes (disjoint cells; each finished cell rewrites the table from all finished ones)
+# Both lanes pull Table 1's cells from one list: a cell being trained by one lane is locked (`.lock`) and the other
+# lane moves on, so the two balance themselves; each finished cell rewrites the table from all finished ones.
 lane1() {
-  r table1 cpu --cells r p tc
   r table1 long --cells rts:cnn
+  r table1 cpu
+  r mnist3d cpu
+  r coloc cpu
 }
 lane2() {
-  r table1 cpu --cells rts e
+  r table1 cpu
   r table1 long --cells rts:st-cnn:affine
-  r coloc cpu
   r attention cpu
-  r mnist3d cpu
   r addition cpu
 }
 mkdir -p results
