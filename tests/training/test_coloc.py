@@ -57,3 +57,29 @@ def test_window_bound_anneals_to_its_final_value_and_bounds_the_boxes(tmp_path):
     final = torch.tensor(res["history"][-1]["params"])
     assert (final[:, 0] <= 0.3 + 1e-6).all()  # every window within the annealed bound at the end
     assert torch.tensor(res["history"][0]["params"])[:, 0].eq(0.5).all()  # and started at the initial scale
+
+
+def test_zoom_schedule_holds_the_scale_in_a_band_below_the_moving_bound():
+    import pytest
+
+    enc = CNNEmbedding(CNN(28, channels=(4, 8)))
+    lit = ColocLitModule(enc, scale_range=(0.25, 1.0), init_scale=0.975, start_max_scale=1.0, band=0.05,
+                         final_max_scale=0.4, anneal=0.5, steps=10)
+    bounds = [tuple(round(v, 3) for v in lit.scale_bounds(t)) for t in (0, 1, 5, 10)]
+    assert bounds == [(0.95, 1.0), (0.83, 0.88), (0.35, 0.4), (0.35, 0.4)]  # 1 -> 0.4 over 5 steps, band 0.05
+    s = _set(4)
+    crops, params = lit(s.images)  # before any step the head already sits in the step-0 band, at init_scale
+    assert torch.allclose(params[:, 0], torch.full((4,), 0.975))
+    lit.transformer.head.weight.data.normal_(0, 10.0)  # whatever the regression says, the band holds
+    for t in (0, 3, 10):
+        lit.transformer.head.lo, lit.transformer.head.hi = lit.scale_bounds(t)
+        scale = lit(s.images)[1][:, 0]
+        lo, hi = lit.scale_bounds(t)
+        assert (scale >= lo - 1e-6).all()
+        assert (scale <= hi + 1e-6).all()
+    with pytest.raises(ValueError, match="init_scale"):  # 0.5 is outside the step-0 band (0.95, 1.0)
+        ColocLitModule(enc, scale_range=(0.25, 1.0), init_scale=0.5, start_max_scale=1.0, band=0.05)
+    with pytest.raises(ValueError, match="start_max_scale"):
+        ColocLitModule(enc, scale_range=(0.25, 0.6), start_max_scale=0.9)
+    with pytest.raises(ValueError, match="band"):
+        ColocLitModule(enc, scale_range=(0.25, 1.0), init_scale=0.9, start_max_scale=1.0, band=0.0)
