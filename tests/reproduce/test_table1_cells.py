@@ -80,6 +80,19 @@ def test_val_curve_reads_the_lightning_csv_and_keeps_the_last_row_of_a_repeated_
                                    {"step": 200, "train_s": 21.0, "val_err": 4.0}]
 
 
+def test_val_curve_joins_the_parts_of_a_resumed_run(tmp_path):
+    from stnkit.reproduce.results import val_curve
+
+    (tmp_path / "logs").mkdir()
+    header = "epoch,step,time/train_s,val/err\n"
+    # part 0 ran to step 300 but was killed before its next checkpoint; part 1 resumed from step 200
+    (tmp_path / "logs" / "metrics.0.csv").write_text(header + "0,99,10.0,9.0\n0,199,20.0,8.0\n0,299,30.0,7.0\n")
+    (tmp_path / "logs" / "metrics.1.csv").write_text(header + "1,200,,\n1,299,31.0,6.5\n1,399,41.0,6.0\n")
+    (tmp_path / "logs" / "metrics.csv").write_text(header + "2,400,,\n2,499,50.0,5.0\n")
+    assert [(p["step"], p["val_err"]) for p in val_curve(tmp_path)] == [(100, 9.0), (200, 8.0), (300, 6.5),
+                                                                          (400, 6.0), (500, 5.0)]
+
+
 def test_error_curves_rejects_unknown_axis():
     from stnkit.reproduce.figures import error_curves
 

@@ -79,6 +79,11 @@ class TestFit:
         _assert_same_weights(_weights(tmp_path / "full"), _weights(tmp_path / "killed"))
         for key in ("test_err", "test_loss", "val_err", "steps"):
             assert resumed[key] == full[key], key
+        from stnkit.reproduce.results import val_curve  # the validation curve survives the resume, whole
+
+        assert (tmp_path / "killed/logs/metrics.0.csv").exists()
+        assert [p["step"] for p in val_curve(tmp_path / "killed")] == [p["step"] for p in val_curve(tmp_path / "full")]
+        assert [p["step"] for p in val_curve(tmp_path / "full")] == [5, 10, 15, 20]
 
     def test_non_finite_loss_stops(self, tiny_config, tmp_path):
         class Poison(Callback):

@@ -93,7 +93,22 @@ class TestBlankTransformerWarning:
         metrics = self._validate(lit, x)
         assert metrics["val/st_blank"] == 0.0
 
+    def test_a_localisation_net_with_dead_units_is_reported_and_warned_about(self):
+        lit = STNLitModule(model="st-fcn", input_size=28, param_budget=20_000)
+        x = torch.rand(6, 1, 28, 28)
+        assert self._validate(lit, x)["val/st_frozen"] == 0.0  # random init: features vary over the images
+        last = [m for m in lit.model.transformer.localization.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias.fill_(-1e3)  # every unit of the last hidden layer below zero: ReLU outputs 0 for any image
+            lit.model.transformer.head.weight.normal_()  # even a trained head then gives one transform for all
+        with pytest.warns(UserWarning, match="same transform for every validation image"):
+            metrics = self._validate(lit, x)
+        assert metrics["val/st_frozen"] == pytest.approx(100.0)
+        params = lit.model.transformer(x, return_params=True)[1]
+        assert torch.equal(params, params[:1].expand_as(params))  # what the metric stands for
+
     def test_baselines_log_nothing(self):
         metrics = self._validate(STNLitModule(model="fcn", input_size=28, param_budget=20_000),
                                  torch.rand(4, 1, 28, 28))
         assert "val/st_blank" not in metrics
+        assert "val/st_frozen" not in metrics

@@ -113,19 +113,27 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def val_curve(run_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """Return a training run's validation curve from its ``logs/metrics.csv``.
+    """Return a training run's validation curve from its ``logs/metrics.csv`` (and a resumed run's earlier parts).
 
     Returns:
         ``[{"step", "train_s", "val_err"}, ...]`` in step order (``step`` counts optimiser steps, 1-based;
-        ``train_s`` is training time so far, validation excluded); empty when the run has no log yet. A step
-        logged twice (a resumed run repeats the validation it was killed in) keeps its last row.
+        ``train_s`` is training time so far, validation excluded); empty when the run has no log yet. A resumed run
+        logs each part to a new file (``metrics.0.csv``, ``metrics.1.csv``, ... then ``metrics.csv``); a later part
+        replaces whatever an earlier one logged from its first step on (a part may run past the checkpoint its
+        successor resumed from).
     """
-    path = Path(run_dir) / "logs" / "metrics.csv"
-    if not path.exists():
-        return []
+    logs = Path(run_dir) / "logs"
+    parts = sorted(logs.glob("metrics.*.csv"), key=lambda p: int(p.name.split(".")[1]))
+    parts += [logs / "metrics.csv"] if (logs / "metrics.csv").exists() else []
     by_step: dict[int, dict[str, float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+    for path in parts:
+        with open(path, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("step")]
+        if not rows:
+            continue
+        first = min(int(row["step"]) for row in rows) + 1
+        by_step = {s: v for s, v in by_step.items() if s < first}
+        for row in rows:
             if row.get("val/err"):
                 step = int(row["step"]) + 1
                 by_step[step] = {"step": step, "train_s": float(row.get("time/train_s") or "nan"),

@@ -1,7 +1,8 @@
 """The one programmatic entry point of training (``fit``) and of scoring checkpoints (``evaluate``).
 
 Every command that trains (``stnkit train``, ``stnkit demo``, the reproductions) calls :func:`fit`; a run directory
-holds ``config.json``, ``logs/metrics.csv``, ``checkpoints/{last,best}.ckpt`` and ``metrics.json``.
+holds ``config.json``, ``logs/metrics.csv`` (a resumed run's earlier parts as ``logs/metrics.<k>.csv``),
+``checkpoints/{last,best}.ckpt`` and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> Non
     if overwrite and not config.resume:
         for stale in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "metrics.json", "logs/metrics.csv"):
             (run_dir / stale).unlink(missing_ok=True)
-        for snapshot in (run_dir / "checkpoints" / "history").glob("step-*.ckpt"):
-            snapshot.unlink()
+        for stale_file in [*(run_dir / "checkpoints" / "history").glob("step-*.ckpt"),
+                           *(run_dir / "logs").glob("metrics.*.csv")]:
+            stale_file.unlink()
 
 
 def make_datamodule(config: TrainConfig, batch_size: int, eval_batch_size: int = 500) -> pl.LightningDataModule:
@@ -198,6 +200,11 @@ def _metric(trainer: pl.Trainer, name: str) -> float | None:
 
 
 def _loggers(run_dir: Path) -> list:
+    # Lightning's CSV logger deletes an existing metrics.csv: keep a resumed run's earlier curve as metrics.<k>.csv
+    old = run_dir / "logs" / "metrics.csv"
+    if old.exists():
+        k = len(list(old.parent.glob("metrics.*.csv")))
+        old.rename(old.parent / f"metrics.{k}.csv")
     loggers: list = [CSVLogger(run_dir, name="logs", version="")]
     with contextlib.suppress(ImportError, ModuleNotFoundError):  # TensorBoard when installed
         from lightning.pytorch.loggers import TensorBoardLogger
