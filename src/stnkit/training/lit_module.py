@@ -101,7 +101,7 @@ class STNLitModule(pl.LightningModule):
         self._transformers = [m for m in self.model.modules() if isinstance(m, SpatialTransformer)]
         self._blank: list[float] = []
         self._frozen: list[float] = []
-        self._warned_blank = self._warned_frozen = False
+        self._warned: set[str] = set()  # monitors that have warned already
         self.run_info: dict[str, Any] | None = None  # set by fit(): stored in every checkpoint
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -155,29 +155,27 @@ class STNLitModule(pl.LightningModule):
             self._frozen.append(100.0 if float(features.std(dim=0).amax()) < 1e-6 else 0.0)
 
     def on_validation_epoch_end(self) -> None:
+        scale = self.hparams["loc_lr_scale"]
         if self._frozen:
             frozen, self._frozen = sum(self._frozen) / len(self._frozen), []
-            self.log("val/st_frozen", frozen, sync_dist=True)
-            if frozen > 0 and not self._warned_frozen and not self.trainer.sanity_checking:
-                self._warned_frozen = True
-                rank_zero_warn(
-                    f"step {self.global_step}: {frozen:.0f} % of the spatial transformers output the same transform "
-                    "for every validation image: their localisation net's units have died (ReLUs stuck at zero), "
-                    "so each is a fixed warp from now on. Try a lower --loc-lr-scale (now "
-                    f"{self.hparams['loc_lr_scale']}) or --lr"
-                )
-        if not self._blank:
-            return
-        worst, self._blank = max(self._blank), []
-        self.log("val/st_blank", worst, sync_dist=True)
-        if worst > 50.0 and not self._warned_blank and not self.trainer.sanity_checking:
-            self._warned_blank = True
-            rank_zero_warn(
-                f"step {self.global_step}: a spatial transformer outputs an all-zero image for {worst:.0f} % of the "
-                "validation images: its localisation net has diverged (the window left the image, where no "
-                f"gradient brings it back). Try a lower --loc-lr-scale (now {self.hparams['loc_lr_scale']}) or "
-                "--lr, or bounded parameters (--bound, model_kwargs={'bound': ...})"
-            )
+            self._monitor("st_frozen", frozen, frozen > 0,
+                          f"{frozen:.0f} % of the spatial transformers output the same transform for every validation "
+                          "image: their localisation net's units have died (ReLUs stuck at zero), so each is a fixed "
+                          f"warp from now on. Try a lower --loc-lr-scale (now {scale}) or --lr")
+        if self._blank:
+            worst, self._blank = max(self._blank), []
+            self._monitor("st_blank", worst, worst > 50.0,
+                          f"a spatial transformer outputs an all-zero image for {worst:.0f} % of the validation "
+                          "images: its localisation net has diverged (the window left the image, where no gradient "
+                          f"brings it back). Try a lower --loc-lr-scale (now {scale}) or --lr, or bounded parameters "
+                          "(--bound, model_kwargs={'bound': ...})")
+
+    def _monitor(self, name: str, value: float, alarm: bool, message: str) -> None:
+        """Log ``val/<name>``; warn once per run the first time ``alarm`` holds (sanity checks excluded)."""
+        self.log(f"val/{name}", value, sync_dist=True)
+        if alarm and name not in self._warned and not self.trainer.sanity_checking:
+            self._warned.add(name)
+            rank_zero_warn(f"step {self.global_step}: {message}")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         loss, err, n = self._step(batch)
