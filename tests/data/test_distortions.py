@@ -55,7 +55,7 @@ class TestDistortionConfig:
         r, rts, p, e, tc = (distortion_config(k) for k in ("r", "rts", "p", "e", "tc"))
         assert (r.rotation, r.scale, r.translate, r.canvas_size) == ((-90, 90), (1, 1), False, 42)
         assert (rts.rotation, rts.scale, rts.translate, rts.canvas_size) == ((-45, 45), (0.7, 1.2), True, 42)
-        assert (p.transform, p.scale, p.corner_std) == ("projective", (0.75, 1.0), 5.0)
+        assert (p.transform, p.scale, p.corner_std, p.corner_frame) == ("projective", (0.75, 1.0), 5.0, "canvas")
         assert (e.transform, e.scale, e.tps_std, e.tps_grid**2) == ("tps", (0.75, 1.0), 1.5, 16)
         assert (tc.canvas_size, tc.clutter, tc.clutter_size, tc.translate) == (60, 6, 6, True)
         assert distortion_config("plain").canvas_size == 28
@@ -81,6 +81,8 @@ class TestDistortionConfig:
             DistortionConfig(transform="elastic")
         with pytest.raises(ValueError, match="mode"):
             DistortionConfig(mode="bicubic")
+        with pytest.raises(ValueError, match="corner_frame must be 'canvas' or 'digit'; got 'image'"):
+            DistortionConfig(corner_frame="image")
         with pytest.raises(TypeError):
             distortion_config("rts", sigma=3)
 
@@ -205,12 +207,26 @@ class TestRender:
         assert torch.allclose(inside, everything, rtol=1e-4)
 
     def test_projective_maps_corners(self, digits):
-        cfg, p = _params("p", digits[:20])
+        cfg, p = _params("p", digits[:20], corner_frame="digit")
         out = render(cfg, digits[:20], p)
         unit = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
         dst_px = unit * 14 * p["scale"][:, None, None] + p["corners"]  # digit edges scaled, plus noise
         src = Projective().transform_points(out.theta, dst_px / 21)
         assert torch.allclose(src, unit.expand(20, 4, 2), atol=1e-4)
+
+    def test_projective_canvas_frame_moves_the_canvas_corners(self, digits):
+        cfg, p = _params("p", digits[:20])
+        assert cfg.corner_frame == "canvas"  # the preset
+        out = render(cfg, digits[:20], p)
+        unit = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+        # canvas corner k, moved by noise k, samples where the unwarped canvas corner k sits in the digit's frame:
+        # 21 px from the centre over the scaled half-digit 14 s, i.e. unit * 1.5 / s (P has no rotation or shift)
+        src = Projective().transform_points(out.theta, (unit * 21 + p["corners"]) / 21)
+        assert torch.allclose(src, unit * 1.5 / p["scale"][:, None, None], atol=1e-4)
+        # and the digit itself moves less than with the same noise on its own corners
+        digit_frame = render(dataclasses.replace(cfg, corner_frame="digit"), digits[:20], p)
+        plain = render(dataclasses.replace(cfg, corner_std=0.0), digits[:20], p)
+        assert (out.images - plain.images).abs().sum() < 0.8 * (digit_frame.images - plain.images).abs().sum()
 
     @pytest.mark.parametrize("kind", ["p", "e"])
     def test_zero_noise_is_plain_scaling(self, kind, digits):
