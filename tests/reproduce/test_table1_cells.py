@@ -132,3 +132,16 @@ def test_run_skips_a_cell_another_process_is_training(tmp_path, monkeypatch):
     lines = []
     table1.run(tmp_path, budget="smoke", cells=["rts:cnn"], progress=False, figures=False, log=lines.append)
     assert any("being trained by another process" in line for line in lines)
+
+
+def test_long_budget_trains_the_localisation_net_at_x1_and_says_why():
+    from stnkit.reproduce import table1
+
+    recipe = table1._recipe_summary("long")
+    assert (recipe["loc_lr_scale"], recipe["steps"]) == (1.0, 15_000)  # the whole cpu recipe, localisation x1
+    assert table1._recipe_summary("cpu")["loc_lr_scale"] == 3.0
+    md = table1.render_markdown({"budget": "long", "recipe": recipe, "cells": []})
+    assert "localisation lr x1.0" in md
+    assert "loc-lr-x3/diagnosis.md" in md
+    assert "diagnosis" not in table1.render_markdown({"budget": "cpu", "recipe": table1._recipe_summary("cpu"),
+                                                      "cells": []})

@@ -131,6 +131,10 @@ def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", 
         if s.get("paper") is not None:
             ax.axhline(s["paper"], color=color, ls=":", lw=1.2, label=f"paper {s['paper']:.1f} %")
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.5, 2, not 5x10^-1
+        axis_format(FormatStrFormatter("%g"))
     ax.set_xlabel(xlabels[x])
     ax.set_ylabel("error (%)")
     ax.grid(True, which="both", alpha=0.3)

@@ -59,6 +59,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "paper": {"recipe": "paper"},
 }
 DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "long": 1, "paper": 3}
+#: What a budget changes from its recipe, and why (printed under the table's header).
+BUDGET_NOTES = {
+    "long": "This budget sets the localisation lr to x1, not the recipe's x3: at x3 the RTS ST-CNN's localisation "
+            "net lost every unit of its last hidden layer at the one-cycle peak (steps 6-7k), the transformer "
+            "became one fixed warp for every image and the model ended at 1.50 %, behind the CNN "
+            "(`loc-lr-x3/diagnosis.md`). Every run now logs `val/st_frozen` and warns when this happens.",
+}
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,7 @@ def render_markdown(table: dict[str, Any]) -> str:
         f"Budget **{table['budget']}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
         f"batch {r['batch_size']}, {r['steps']} iterations per cell, localisation lr x{r['loc_lr_scale']}, "
         f"ST output downsampling on RTS/TC: {r['st_downsample']}. {r['note']}\n",
+        *([BUDGET_NOTES[table["budget"]] + "\n"] if table["budget"] in BUDGET_NOTES else []),
         "Each cell: **ours** / paper (ours − paper). Paper: Jaderberg et al. 2015, Table 1 (TC: ST rows affine).\n",
     ]
     rows = []
