@@ -3,17 +3,21 @@
 For each history snapshot of the run (``rts-st-cnn-affine/s0/checkpoints/history``, kept on the machine that ran
 it, not in git) this prints, on 500 RTS test images: the error, how many of the localisation net's last hidden
 units are dead (zero for every image), and the std over the images of the predicted theta (0: one fixed warp for
-all). Output: ``diagnosis.md`` beside this file.
+all). Output: ``diagnosis.md`` beside this file, and ``curves.png``: this run's validation curve beside the rerun
+with localisation lr x1 (``../cells/rts-st-cnn-affine``) and the CNN.
 
     STNKIT_DATA=/path/to/mnist .venv/bin/python results/table1-long/loc-lr-x3/diagnose.py
 """
 
+import json
 from pathlib import Path
 
 import torch
 
 from stnkit.data import distort, find_mnist, load_mnist
 from stnkit.modules import SpatialTransformer
+from stnkit.reproduce.figures import error_curves
+from stnkit.reproduce.results import val_curve
 from stnkit.training import load_checkpoint
 
 HERE = Path(__file__).parent
@@ -38,3 +42,13 @@ text = ("# Long RTS ST-CNN, localisation lr x3: the localisation net over traini
         "yet although the features do. From step 7,000 every unit is dead: the transformer is one fixed warp.\n")
 (HERE / "diagnosis.md").write_text(text)
 print(text)
+
+runs = [("ST-CNN affine, localisation lr x3 (died at 6-7k)", HERE / "rts-st-cnn-affine"),
+        ("ST-CNN affine, localisation lr x1", HERE.parent / "cells" / "rts-st-cnn-affine"),
+        ("CNN (curve before 11k lost on resume)", HERE.parent / "cells" / "rts-cnn")]
+series = []
+for label, cell in runs:
+    result = json.loads((cell / "result.json").read_text())
+    series.append({"label": label, "curve": val_curve(cell / "s0"), "test_err": result["error"]})
+fig = error_curves(series, "RTS, 15k steps: the localisation lr decides whether the transformer survives")
+fig.savefig(HERE / "curves.png", dpi=90)
