@@ -299,15 +299,14 @@ def _theta(config: DistortionConfig, params: dict[str, Tensor], digit_size: tupl
         unit = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)  # (4, 2)
         corners_px = unit * torch.tensor([w / 2, h / 2], dtype=torch.float64)  # (4, 2) digit edges, centred px
         placed = corners_px @ lin.transpose(1, 2) + t[:, None]  # (N, 4, 2) digit corners on the canvas, centred px
+        units = unit.expand(placed.shape[0], -1, -1)  # (N, 4, 2) corners of any frame, in its normalised coordinates
+        half = s_canvas / 2
         if config.corner_frame == "digit":
             dst_px = placed + params["corners"].double()  # (N, 4, 2)
         else:  # warp the whole canvas: its corner k goes to corner k + noise k; the digit's corners follow
-            half = s_canvas / 2
-            canvas = unit.expand(placed.shape[0], -1, -1)  # (N, 4, 2) canvas corners, normalised
-            moved = homography_from_points(canvas, canvas + params["corners"].double() / half)  # (N, 8)
+            moved = homography_from_points(units, units + params["corners"].double() / half)  # (N, 8)
             dst_px = Projective().transform_points(moved, placed / half) * half  # (N, 4, 2)
-        src = unit.expand(dst_px.shape[0], -1, -1)  # (N, 4, 2) digit corners, normalised
-        return homography_from_points(dst_px * (2.0 / s_canvas), src).float()  # (N, 8)
+        return homography_from_points(dst_px * (2.0 / s_canvas), units).float()  # (N, 8) canvas -> digit corners
     tps = _tps(config.tps_grid, config.tps_extent, s_canvas)
     control_px = tps.control_points * (s_canvas / 2)  # (K, 2) canvas px around the centre
     # source of control point k: inverse placement of (c_k + noise); TPS reproduces the affine part exactly

@@ -110,6 +110,7 @@ def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", 
         A matplotlib ``Figure`` (log-scale error axis) or the ``figure`` passed in.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
 
     xlabels = {"step": "iterations", "samples": "training samples",
                "train_s": "training minutes (validation excluded)"}
@@ -131,8 +132,6 @@ def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", 
         if s.get("paper") is not None:
             ax.axhline(s["paper"], color=color, ls=":", lw=1.2, label=f"paper {s['paper']:.1f} %")
     ax.set_yscale("log")
-    from matplotlib.ticker import FormatStrFormatter
-
     for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.5, 2, not 5x10^-1
         axis_format(FormatStrFormatter("%g"))
     ax.set_xlabel(xlabels[x])

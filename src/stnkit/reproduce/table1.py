@@ -47,9 +47,7 @@ PAPER: dict[tuple[str, str | None], dict[str, float]] = {
 #: (the ST-CNNs on 42x42 R/P/E and the CNNs dominate) and about 4 hours on a machine shared with one other job;
 #: ``long`` is the whole ``cpu`` recipe (15k steps, 1.9M samples; 13 minutes for the RTS ST-CNN, 25 for the CNN on
 #: 2 idle cores), for showing how the gap to the paper closes with training length on chosen cells, with the
-#: localisation lr at x1: at the recipe's x3 the RTS ST-CNN's localisation net lost every unit of its last hidden
-#: layer at the one-cycle peak (steps 6-7k; the transformer then gave one fixed warp for every image and the model
-#: ended at 1.50 %, behind the CNN's 1.20 %), which the 3,000-step ``cpu`` cells, with a shorter peak, survive;
+#: localisation lr at x1 (why: :data:`BUDGET_NOTES`; the 3,000-step ``cpu`` cells, with a shorter peak, survive x3);
 #: ``paper`` is App. A.4 exactly (150k SGD iterations, 3 seeds by default).
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 6, "eval_every": 3, "train_subset": 256, "val_subset": 64,

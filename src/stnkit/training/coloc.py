@@ -11,7 +11,6 @@ loggers, stopwatch and warning filters).
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from pathlib import Path
@@ -102,17 +101,13 @@ class ColocLitModule(pl.LightningModule):
         self.band = None if band is None else float(band)
         self.anneal_steps = max(1, round(anneal * steps))
         self.input_size, self.crop, self.margin, self.lr = int(input_size), int(crop), float(margin), float(lr)
-        self.transformer = coloc_transformer(input_size, crop=crop, scale_range=scale_range, init_scale=init_scale)
-        if self.final_max_scale is not None:  # start the head within the step-0 bounds, at init_scale
-            head = self.transformer.head
-            assert isinstance(head, AttentionWindowHead)
-            head.lo, head.hi = self.scale_bounds(0)
-            if not head.lo < init_scale < head.hi:
-                raise ValueError(f"init_scale must lie within the window's bounds at step 0, ({head.lo:.3g}, "
-                                 f"{head.hi:.3g}); got {init_scale}")
-            u = (init_scale - head.lo) / (head.hi - head.lo)
-            with torch.no_grad():
-                head.bias[0] = math.log(u / (1 - u))
+        window_range = scale_range
+        if self.final_max_scale is not None:  # the head starts within the schedule's step-0 bounds, at init_scale
+            window_range = self.scale_bounds(0)
+            if not window_range[0] < init_scale < window_range[1]:
+                raise ValueError(f"init_scale must lie within the window's bounds at step 0, ({window_range[0]:.3g}, "
+                                 f"{window_range[1]:.3g}); got {init_scale}")
+        self.transformer = coloc_transformer(input_size, crop=crop, scale_range=window_range, init_scale=init_scale)
         self.encoder = encoder
         self.encoder.requires_grad_(False)
         self._generator = torch.Generator().manual_seed(seed)

@@ -58,8 +58,7 @@ class STNLitModule(pl.LightningModule):
     layer is then a fixed warp, the model a CNN behind a fixed downsampling, and nothing brings the units back
     (measured: the RTS ST-CNN of the 15k-step ``cpu`` recipe, localisation lr x3, lost all 20 units of its last
     hidden layer between steps 6,000 and 7,000, at the one-cycle peak, and ended at 1.50 % test error, behind the
-    CNN's 1.20 %). The
-    first validation with a frozen transformer warns once.
+    CNN's 1.20 %). The first validation with a frozen transformer warns once.
     """
 
     def __init__(
