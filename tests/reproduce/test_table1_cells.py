@@ -145,3 +145,26 @@ def test_long_budget_trains_the_localisation_net_at_x1_and_says_why():
     assert "loc-lr-x3/diagnosis.md" in md
     assert "diagnosis" not in table1.render_markdown({"budget": "cpu", "recipe": table1._recipe_summary("cpu"),
                                                       "cells": []})
+
+
+def test_cpu_budget_trains_tc_transformers_at_localisation_lr_x1_and_records_it(tmp_path, monkeypatch):
+    import stnkit.reproduce.cells as cells_mod
+
+    seen = {}
+
+    def fake_train(run_dir, **fields):
+        seen[run_dir.parent.name] = fields
+        return {"test_err": 1.0, "steps": 3000, "train_s": 1.0, "wall_s": 1.0, "params": 10}
+
+    monkeypatch.setattr(cells_mod, "train_or_resume", fake_train)
+    table = table1.run(tmp_path, budget="cpu", cells=["tc:st-cnn", "rts:st-cnn:affine", "tc:cnn"], progress=False,
+                       figures=False, log=lambda _: None)
+    assert seen["tc-st-cnn-affine"]["loc_lr_scale"] == 1.0
+    assert "loc_lr_scale" not in seen["rts-st-cnn-affine"]  # the recipe's x3
+    by_key = {c["key"]: c for c in table["cells"]}
+    assert by_key["tc-st-cnn-affine"]["loc_lr_scale"] == 1.0
+    assert "loc_lr_scale" not in by_key["rts-st-cnn-affine"]
+    assert table["dataset_fields"] == {"tc": {"loc_lr_scale": 1.0}}
+    md = (tmp_path / "table1.md").read_text()
+    assert "localisation lr x3.0 (TC: x1)" in md
+    assert "TC's cells use the localisation lr x1" in md

@@ -73,11 +73,15 @@ CELLS = _cells()
 #: (6 minutes) and 0.07 s for the attention models (2 minutes each), data generation included; with validation,
 #: testing and timing about 40 minutes for the 6 cells at equal steps. ``st_steps`` (not a TrainConfig field): the
 #: attention models' steps where they differ from the CNNs' (cpu: 6,000 x 0.07 s = 7 minutes, less than either
-#: CNN's 1,500 steps).
+#: CNN's 1,500 steps). Localisation lr x1, not the recipe's x3: at x3 the 20x20-crop model's localisation net died
+#: before step 1,000 of its first ``cpu`` run (``val/st_frozen`` 100 %: one fixed crop for every image, 8.7 % validation
+#: error at 4.5k steps where the healthy 30x30-crop model had 4.1 %), like Table 1's TC cells (:data:`BUDGET_NOTES
+#: <stnkit.reproduce.table1.BUDGET_NOTES>`).
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
               "test_subset": 128, "val_size": 64},
-    "cpu": {"recipe": "cpu", "steps": 1500, "batch_size": 64, "eval_every": 500, "st_steps": 6000},
+    "cpu": {"recipe": "cpu", "steps": 1500, "batch_size": 64, "eval_every": 500, "st_steps": 6000,
+            "loc_lr_scale": 1.0},
     "paper": {"recipe": "paper"},
 }
 DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
@@ -222,8 +226,8 @@ def _recipe_summary(budget: str) -> dict[str, Any]:
     from stnkit.training.recipes import get_recipe
 
     fields = dict(BUDGETS[budget])
-    recipe = get_recipe(fields.pop("recipe"), **{k: v for k, v in fields.items()
-                                                  if k in ("steps", "eval_every", "batch_size")}).to_dict()
+    kept = ("steps", "eval_every", "batch_size", "loc_lr_scale")
+    recipe = get_recipe(fields.pop("recipe"), **{k: v for k, v in fields.items() if k in kept}).to_dict()
     return {**recipe, "st_steps": fields.get("st_steps", recipe["steps"])}
 
 
@@ -237,7 +241,8 @@ def render_markdown(table: dict[str, Any]) -> str:
         "# Attention for efficiency: a transformer's crop vs the full-resolution CNN\n",
         f"Budget **{table['budget']}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
         f"batch {r['batch_size']}, {r['steps']} iterations per CNN and {r.get('st_steps', r['steps'])} per attention "
-        "model (whose steps are several times cheaper: compared at no more training time, not at equal steps). "
+        "model (whose steps are several times cheaper: compared at no more training time, not at equal steps), "
+        f"localisation lr x{r['loc_lr_scale']:g}. "
         "Translated + cluttered MNIST (6x6 clutter at "
         f"the density of Table 1's TC). Every classifier is the Table 1 CNN with conv widths {table['channels']}; "
         "the attention models' localisation net sees a ~30x30 pooled input. Times: ms per image, "
