@@ -63,11 +63,11 @@ DATASET_FIELDS: dict[str, dict[str, dict[str, Any]]] = {"cpu": {"tc": {"loc_lr_s
 #: What a budget changes from its recipe, and why (printed under the table's header).
 BUDGET_NOTES = {
     "cpu": "TC's cells use the localisation lr x1, the others the recipe's x3: at x3 both TC transformers failed "
-           "before step 1,000 (one-cycle warm-up): the ST-FCN's window left the image (`val/st_blank` 100 %, "
-           "88.65 % test error) and every unit of the ST-CNN's localisation net died (`val/st_frozen` 100 %: one "
-           "fixed warp for every image, 3.28 % against the CNN's 1.99 %); at x1 neither failed (`loc-lr-x3-tc/`). "
-           "The R, RTS, P and E transformers stayed alive at x3 (`val/st_frozen` and `val/st_blank` 0 % at every "
-           "validation).",
+           "by step 1,000 (the one-cycle peak is at step 600): the ST-FCN's window left the image (`val/st_blank` "
+           "100 %, 88.65 % test error) and every unit of the ST-CNN's localisation net died (`val/st_frozen` "
+           "100 %: one fixed warp for every image, 3.28 % against the CNN's 1.99 %); at x1 neither failed "
+           "(`loc-lr-x3-tc/`). The R, RTS, P and E transformers stayed alive at x3 (`val/st_frozen` and "
+           "`val/st_blank` 0 % at every validation).",
     "long": "This budget sets the localisation lr to x1, not the recipe's x3: at x3 the RTS ST-CNN's localisation "
             "net lost every unit of its last hidden layer at the one-cycle peak (steps 6-7k), the transformer "
             "became one fixed warp for every image and the model ended at 1.50 %, behind the CNN "
