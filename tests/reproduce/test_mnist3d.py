@@ -38,3 +38,12 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
     mnist3d.run(out, budget="smoke", progress=False, figures=False, log=lambda *_: None)
     assert calls == []
+
+
+def test_cpu_budget_trains_the_localisation_net_at_x1_and_says_so():
+    from stnkit.reproduce.cells import budget_recipe
+
+    recipe = budget_recipe(mnist3d.BUDGETS["cpu"])
+    assert (recipe["loc_lr_scale"], recipe["steps"], recipe["channels_last"]) == (1.0, 2500, False)
+    md = mnist3d.render_markdown({"budget": "cpu", "recipe": recipe, "cells": []})
+    assert "2500 iterations per cell, localisation lr x1." in md

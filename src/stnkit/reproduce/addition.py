@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from stnkit.reproduce.cells import FitCell, run_fit_cells, select
+from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "CELLS", "PAPER", "attention_shares", "run", "write_outputs"]
@@ -131,11 +131,7 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
 
 
 def _recipe_summary(budget: str) -> dict[str, Any]:
-    from stnkit.training.recipes import get_recipe
-
-    fields = dict(BUDGETS[budget])
-    return get_recipe(fields.pop("recipe"), **{k: v for k, v in fields.items()
-                                                if k in ("steps", "eval_every", "loc_lr_scale")}).to_dict()
+    return budget_recipe(BUDGETS[budget])
 
 
 def render_markdown(table: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from stnkit.reproduce.cells import FitCell, run_fit_cells, select
+from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "CELLS", "run", "time_model", "timings", "write_outputs"]
@@ -223,12 +223,8 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
 
 
 def _recipe_summary(budget: str) -> dict[str, Any]:
-    from stnkit.training.recipes import get_recipe
-
-    fields = dict(BUDGETS[budget])
-    kept = ("steps", "eval_every", "batch_size", "loc_lr_scale")
-    recipe = get_recipe(fields.pop("recipe"), **{k: v for k, v in fields.items() if k in kept}).to_dict()
-    return {**recipe, "st_steps": fields.get("st_steps", recipe["steps"])}
+    recipe = budget_recipe(BUDGETS[budget])
+    return {**recipe, "st_steps": BUDGETS[budget].get("st_steps", recipe["steps"])}
 
 
 def render_markdown(table: dict[str, Any]) -> str:

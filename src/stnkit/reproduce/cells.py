@@ -23,7 +23,7 @@ from typing import Any
 
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, provenance
 
-__all__ = ["FitCell", "check_budget", "claim", "run_fit_cells", "select", "train_or_resume"]
+__all__ = ["FitCell", "budget_recipe", "check_budget", "claim", "run_fit_cells", "select", "train_or_resume"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,18 @@ def select(cells: Sequence[Any], patterns: Sequence[str] | None, name: str) -> l
                              f"{', '.join(c.key for c in cells)}")
         chosen += [c for c in hits if c not in chosen]
     return chosen
+
+
+def budget_recipe(budget_fields: dict[str, Any]) -> dict[str, Any]:
+    """The recipe a budget's cells train with: its ``"recipe"`` with the budget's recipe fields applied (JSON-ready).
+
+    Fields that are not recipe fields (subsets, seeds, experiment-specific keys) are left out.
+    """
+    from stnkit.training.recipes import Recipe, get_recipe  # stnkit.training loads Lightning: only when asked
+
+    fields = dict(budget_fields)
+    name = fields.pop("recipe")
+    return get_recipe(name, **{k: v for k, v in fields.items() if k in Recipe.__dataclass_fields__}).to_dict()
 
 
 def check_budget(out: Path, budget: str) -> None:

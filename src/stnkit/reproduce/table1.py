@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stnkit.reproduce.cells import FitCell, run_fit_cells
+from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "PAPER", "Cell", "all_cells", "run", "select_cells", "write_outputs"]
@@ -194,12 +194,7 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True) -> dict[st
 
 
 def _recipe_summary(budget: str) -> dict[str, Any]:
-    from stnkit.training.recipes import get_recipe
-
-    fields = dict(BUDGETS[budget])
-    recipe = get_recipe(fields.pop("recipe"), **{k: v for k, v in fields.items()
-                                                     if k in ("steps", "eval_every", "loc_lr_scale")})
-    return recipe.to_dict()
+    return budget_recipe(BUDGETS[budget])
 
 
 def render_markdown(table: dict[str, Any]) -> str:
