@@ -66,8 +66,12 @@ BUDGET_NOTES = {
            "by step 1,000 (the one-cycle peak is at step 600): the ST-FCN's window left the image (`val/st_blank` "
            "100 %, 88.65 % test error) and every unit of the ST-CNN's localisation net died (`val/st_frozen` "
            "100 %: one fixed warp for every image, 3.28 % against the CNN's 1.99 %); at x1 neither failed "
-           "(`loc-lr-x3-tc/`). The R, RTS, P and E transformers stayed alive at x3 (`val/st_frozen` and "
-           "`val/st_blank` 0 % at every validation).",
+           "(`loc-lr-x3-tc/`; at x2 the ST-CNN died too). The R, RTS, P and E transformers stayed alive at x3 "
+           "(`loc-lr-x3-tc/alive.md`: at the end 4-15 of the ST-CNNs' 20 and 10-18 of the ST-FCNs' 32 last "
+           "localisation units dead, the rest varying with the input). At x1 the TC ST-CNN is still behind the "
+           "CNN after 3,000 steps: its transformer tracks the digit but has zoomed only to scale 0.85 (a "
+           "digit-sized crop is 0.47), so its 30x30 output shows the digit at about 0.6 of the resolution the "
+           "CNN reads; the paper trains 50x longer.",
     "long": "This budget sets the localisation lr to x1, not the recipe's x3: at x3 the RTS ST-CNN's localisation "
             "net lost every unit of its last hidden layer at the one-cycle peak (steps 6-7k), the transformer "
             "became one fixed warp for every image and the model ended at 1.50 %, behind the CNN "
