@@ -44,10 +44,11 @@ PAPER: dict[tuple[str, str | None], dict[str, float]] = {
 
 #: Budgets: TrainConfig fields per budget. ``cpu`` is the fast CPU recipe (Adam one-cycle, batch 128, bf16 where
 #: native) cut to 3000 steps (384k samples) per cell, so the 36 cells (1 seed) take about 2 hours on 2 idle cores
-#: (the ST-CNNs on 42x42 R/P/E and the CNNs dominate) and about 4 hours on a machine shared with one other job;
+#: (the ST-CNNs on 42x42 R/P/E and the CNNs dominate) and 6.6 hours in two one-thread lanes on a busy 2-core machine
+#: (measured), TC's transformers with the localisation lr at x1 (:data:`DATASET_FIELDS`);
 #: ``long`` is the whole ``cpu`` recipe (15k steps, 1.9M samples; 13 minutes for the RTS ST-CNN, 25 for the CNN on
 #: 2 idle cores), for showing how the gap to the paper closes with training length on chosen cells, with the
-#: localisation lr at x1 (why: :data:`BUDGET_NOTES`; the 3,000-step ``cpu`` cells, with a shorter peak, survive x3);
+#: localisation lr at x1 (why: :data:`BUDGET_NOTES`; the 3,000-step ``cpu`` cells of R/RTS/P/E survive x3);
 #: ``paper`` is App. A.4 exactly (150k SGD iterations, 3 seeds by default).
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 6, "eval_every": 3, "train_subset": 256, "val_subset": 64,
