@@ -80,7 +80,9 @@ RECIPES: dict[str, Recipe] = {
                  "momentum was 4x worse at equal steps), localisation lr x3 (x0.1 and x10 were worse), batch 128, "
                  "bf16 autocast where the CPU has native bfloat16 (1.7x faster here); 15k steps = 1.9M samples: "
                  "ST-CNN on RTS 0.89 % test error after 13 minutes on 2 idle cores (AVX512-BF16), 1.50 % in a "
-                 "second run whose localisation net died at the one-cycle peak (Table 1's long budget uses x1)",
+                 "second run whose localisation net died at the one-cycle peak (Table 1's long budget uses x1); at "
+                 "x3 the localisation nets on cluttered inputs (Table 1's TC, the attention models) died or left "
+                 "the image within 1,000 steps: use x1 there",
         ),
         Recipe(
             "demo", optimizer="adam", lr=3e-3, scheduler="onecycle", pct_start=0.2, batch_size=128, steps=1_000,
