@@ -93,6 +93,32 @@ def test_val_curve_joins_the_parts_of_a_resumed_run(tmp_path):
                                                                           (400, 6.0), (500, 5.0)]
 
 
+@pytest.mark.parametrize(("rows", "expected"), [
+    ("0,999,0.0,0.0,5.0\n0,1999,0.0,0.0,4.0\n", "alive"),
+    ("0,999,0.0,0.0,5.0\n0,1999,100.0,0.0,4.0\n0,2999,100.0,0.0,3.5\n", "frozen from step 2,000"),
+    ("0,999,100.0,0.0,5.0\n0,1999,0.0,0.0,4.0\n", "alive"),  # recovered: only the end counts
+    ("0,999,0.0,100.0,88.0\n0,1999,0.0,100.0,88.0\n", "blank from step 1,000"),
+    ("0,999,0.0,40.0,9.0\n", "alive"),  # a minority of blank outputs is not a failure
+    ("0,999,,,5.0\n", None),  # a run without the metrics (no transformer, or an older run)
+])
+def test_st_health_reads_the_end_of_each_seeds_validation_log(tmp_path, rows, expected):
+    from stnkit.reproduce.results import st_health
+
+    (tmp_path / "s0" / "logs").mkdir(parents=True)
+    (tmp_path / "s0" / "logs" / "metrics.csv").write_text("epoch,step,val/st_frozen,val/st_blank,val/err\n" + rows)
+    assert st_health(tmp_path) == expected
+
+
+def test_st_health_names_the_seeds_when_they_differ(tmp_path):
+    from stnkit.reproduce.results import st_health
+
+    header = "epoch,step,val/st_frozen,val/err\n"
+    for seed, frozen in (("s0", "0.0"), ("s1", "100.0")):
+        (tmp_path / seed / "logs").mkdir(parents=True)
+        (tmp_path / seed / "logs" / "metrics.csv").write_text(header + f"0,499,{frozen},5.0\n")
+    assert st_health(tmp_path) == "s0: alive; s1: frozen from step 500"
+
+
 def test_error_curves_rejects_unknown_axis():
     from stnkit.reproduce.figures import error_curves
 

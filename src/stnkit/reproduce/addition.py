@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
 
 __all__ = ["BUDGETS", "CELLS", "PAPER", "attention_shares", "run", "write_outputs"]
 
@@ -115,9 +115,11 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
                   ) -> dict[str, Any]:
     """(Re)write ``addition.json`` and ``addition.md`` (and the figure) from the finished cells in ``out``."""
     out = Path(out)
-    finished = CellStore(out).finished(c.key for c in CELLS)
+    store = CellStore(out)
+    finished = store.finished(c.key for c in CELLS)
     table: dict[str, Any] = {"budget": budget, "recipe": _recipe_summary(budget), "param_budget": PARAM_BUDGET,
-                             "cells": [finished[c.key] for c in CELLS if c.key in finished]}
+                             "cells": [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))}
+                                       for c in CELLS if c.key in finished]}
     shares_path = out / "attention_shares.json"
     if figures:
         shares = _figure(out, finished, data_dir)
@@ -151,12 +153,13 @@ def render_markdown(table: dict[str, Any]) -> str:
         res = by_key.get(c.key)
         note = f" ({PAPER_NOTE[c.key]})" if c.key in PAPER_NOTE else ""
         if res is None:
-            rows.append([c.label, "not run", f"{fmt(c.paper, 1)}{note}", "—", "—", "—"])
+            rows.append([c.label, "not run", f"{fmt(c.paper, 1)}{note}", "—", "—", "—", "—"])
             continue
         diff = None if c.paper is None else res["error"] - c.paper
         rows.append([c.label, f"**{fmt(res['error'])}**", f"{fmt(c.paper, 1)}{note}", fmt(diff, 2, signed=True),
-                     f"{res['params']:,}", f"{res['train_s'] / 60:.1f} min"])
-    lines.append(markdown_table(["model", "ours", "paper", "ours − paper", "params", "training"], rows))
+                     f"{res['params']:,}", f"{res['train_s'] / 60:.1f} min", res.get("st_health") or "—"])
+    lines.append(markdown_table(["model", "ours", "paper", "ours − paper", "params", "training",
+                                 "localisation nets at the end"], rows))
     lines.append("## Does the paper's ordering hold?\n")
     lines += [f"- {line}" for line in ordering_checks(by_key)]
     shares = table.get("attention_shares")

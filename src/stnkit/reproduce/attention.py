@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
 
 __all__ = ["BUDGETS", "CELLS", "run", "time_model", "timings", "write_outputs"]
 
@@ -208,11 +208,13 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
                   ) -> dict[str, Any]:
     """(Re)write ``attention.json`` and ``attention.md`` (and the figures) from the finished cells in ``out``."""
     out = Path(out)
-    finished = CellStore(out).finished(c.key for c in CELLS)
+    store = CellStore(out)
+    finished = store.finished(c.key for c in CELLS)
     timing_path = out / "timing.json"
     table: dict[str, Any] = {
         "budget": budget, "recipe": _recipe_summary(budget), "channels": CHANNELS,
-        "cells": [finished[c.key] for c in CELLS if c.key in finished],
+        "cells": [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))} for c in CELLS
+                  if c.key in finished],
         "timing": json.loads(timing_path.read_text()) if timing_path.exists() else None,
     }
     if figures:
@@ -255,9 +257,10 @@ def render_markdown(table: dict[str, Any]) -> str:
         rows.append([c.label, f"**{fmt(res['error'])}**" if res else "not run", fmt(c.paper, 1),
                      f"{res['iterations']:,}" if res else "—", fmt(res["train_s"] / 60, 1) if res else "—",
                      fmt(tm.get("train_ms"), 3), fmt(tm.get("infer_ms"), 3), speed,
-                     f"{tm['params']:,}" if tm else "—"])
+                     f"{tm['params']:,}" if tm else "—", (res or {}).get("st_health") or "—"])
     lines.append(markdown_table(["model", "test error %", "paper", "iterations", "training min", "train ms/img",
-                                 "infer ms/img", "speed-up vs CNN (infer / train)", "params"], rows))
+                                 "infer ms/img", "speed-up vs CNN (infer / train)", "params",
+                                 "localisation net at the end"], rows))
     lines.append("## Is the attention model faster and at least as accurate?\n")
     lines += [f"- {line}" for line in efficiency_checks(by_key, timing)]
     lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. Figures: `fig_attention_60.png`, "
@@ -282,7 +285,9 @@ def efficiency_checks(by_key: dict[str, dict[str, Any]], timing: dict[str, dict[
             lines.append(f"{size}x{size}, crop {crop}: faster: {'yes' if faster else 'NO'} "
                          f"({t_cnn['infer_ms'] / t_st['infer_ms']:.1f}x inference); at least as accurate: "
                          f"{'yes' if accurate else 'NO'} ({st['error']:.2f} % vs CNN {cnn['error']:.2f} %), after "
-                         f"{st['train_s'] / 60:.1f} vs {cnn['train_s'] / 60:.1f} training minutes")
+                         f"{st['train_s'] / 60:.1f} vs {cnn['train_s'] / 60:.1f} training minutes"
+                         + (f"; but its localisation net is {st['st_health']}: one fixed crop for every image, not "
+                            "attention" if st.get("st_health") not in (None, "alive") else ""))
     return lines
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
 
 __all__ = ["BUDGETS", "CELLS", "projection_figure", "run", "write_outputs"]
 
@@ -93,9 +93,11 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
                   ) -> dict[str, Any]:
     """(Re)write ``mnist3d.json`` and ``mnist3d.md`` (and the figure) from the finished cells in ``out``."""
     out = Path(out)
-    finished = CellStore(out).finished(c.key for c in CELLS)
+    store = CellStore(out)
+    finished = store.finished(c.key for c in CELLS)
     table = {"budget": budget, "recipe": budget_recipe(BUDGETS[budget]),
-             "cells": [finished[c.key] for c in CELLS if c.key in finished]}
+             "cells": [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))} for c in CELLS
+                       if c.key in finished]}
     if figures and "st-cnn-mnist3d" in finished:
         _figure(out, data_dir)
     atomic_write_text(out / f"{NAME}.json", json.dumps(table, indent=2) + "\n")
@@ -120,8 +122,10 @@ def render_markdown(table: dict[str, Any]) -> str:
     for c in CELLS:
         res = by_key.get(c.key)
         rows.append([c.label, f"**{fmt(res['error'])}**" if res else "not run", "qualitative only",
-                     f"{res['params']:,}" if res else "—", f"{res['train_s'] / 60:.1f} min" if res else "—"])
-    lines.append(markdown_table(["model", "test error %", "paper", "params", "training"], rows))
+                     f"{res['params']:,}" if res else "—", f"{res['train_s'] / 60:.1f} min" if res else "—",
+                     (res or {}).get("st_health") or "—"])
+    lines.append(markdown_table(["model", "test error %", "paper", "params", "training",
+                                 "localisation net at the end"], rows))
     st, base = by_key.get("st-cnn-mnist3d"), by_key.get("cnn-mnist3d")
     if st and base:
         verdict = "yes" if st["error"] < base["error"] else "NO"

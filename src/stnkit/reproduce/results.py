@@ -18,7 +18,7 @@ from typing import Any
 
 import stnkit
 
-__all__ = ["CellStore", "atomic_write_text", "fmt", "markdown_table", "provenance", "val_curve"]
+__all__ = ["CellStore", "atomic_write_text", "fmt", "markdown_table", "provenance", "st_health", "val_curve"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -138,4 +138,39 @@ def val_curve(run_dir: str | os.PathLike) -> list[dict[str, float]]:
                 step = int(row["step"]) + 1
                 by_step[step] = {"step": step, "train_s": float(row.get("time/train_s") or "nan"),
                                  "val_err": float(row["val/err"])}
+                for name in ("st_frozen", "st_blank"):  # transformer health, where the run logged it
+                    if row.get(f"val/{name}"):
+                        by_step[step][name] = float(row[f"val/{name}"])
     return [by_step[s] for s in sorted(by_step)]
+
+
+def st_health(cell_dir: str | os.PathLike) -> str | None:
+    """Say whether a cell's transformers were working at the end of training, from its runs' validation logs.
+
+    Reads ``val/st_frozen`` (% of transformers whose localisation net's features no longer vary over the images:
+    dead units, one fixed warp) and ``val/st_blank`` (% of inputs warped to an all-zero image) of every seed's run
+    (``cell_dir/s<k>``). Returns ``"alive"``, or e.g. ``"frozen from step 2,000"`` / ``"blank from step 1,000"``
+    (the first validation of the final stretch in that state; seeds joined with ``"; "`` when they differ), or None
+    when no run logged ``val/st_frozen`` (a model without a transformer, or a run older than that metric).
+    """
+    states = []
+    for run_dir in sorted(p for p in Path(cell_dir).glob("s*") if p.is_dir()):
+        curve = [pt for pt in val_curve(run_dir) if "st_frozen" in pt]
+        if not curve:
+            continue
+        state = "alive"
+        for name, bad in (("st_frozen", lambda v: v > 0), ("st_blank", lambda v: v > 50.0)):
+            if bad(curve[-1].get(name, 0.0)):
+                since = curve[-1]["step"]
+                for pt in reversed(curve):
+                    if not bad(pt.get(name, 0.0)):
+                        break
+                    since = pt["step"]
+                state = f"{name[3:]} from step {since:,}"
+                break
+        states.append(f"{run_dir.name}: {state}")
+    if not states:
+        return None
+    if len({s.split(": ", 1)[1] for s in states}) == 1:
+        return states[0].split(": ", 1)[1]
+    return "; ".join(states)

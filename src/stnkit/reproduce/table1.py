@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
 
 __all__ = ["BUDGETS", "PAPER", "Cell", "all_cells", "run", "select_cells", "write_outputs"]
 
@@ -184,7 +184,8 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True) -> dict[st
     out = Path(out)
     store = CellStore(out)
     finished = store.finished(c.key for c in all_cells())
-    cells = [finished[c.key] for c in all_cells() if c.key in finished]
+    cells = [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))} for c in all_cells()
+             if c.key in finished]
     table = {"budget": budget, "recipe": _recipe_summary(budget), "dataset_fields": DATASET_FIELDS.get(budget, {}),
              "cells": cells}
     atomic_write_text(out / "table1.json", json.dumps(table, indent=2) + "\n")
@@ -235,6 +236,13 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines.append(markdown_table(["model", "R", "RTS", "P", "E", "TC"], rows))
     lines.append("## Does the paper's ordering hold?\n")
     lines += [f"- {line}" for line in ordering_checks(by_key)]
+    health = {k: c.get("st_health") for k, c in by_key.items() if c["model"].startswith("st-")}
+    broken = [f"{k} ({h})" for k, h in health.items() if h not in (None, "alive")]
+    unlogged = [k for k, h in health.items() if h is None]
+    lines.append("\nTransformers not working at the end of training (`val/st_frozen` > 0: a dead localisation net, "
+                 "one fixed warp; `val/st_blank` > 50 %: the output left the image): "
+                 + (", ".join(broken) if broken else "none")
+                 + (f" ({len(unlogged)} cells ran before these metrics were logged)" if unlogged else "") + ".")
     missing = [c.key for c in all_cells() if c.key not in by_key]
     lines.append(f"\nCells finished: {len(by_key)} of {len(all_cells())}."
                  + (f" Not yet run: {', '.join(missing)}." if missing else ""))
