@@ -80,8 +80,8 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert sum("skipped" in line for line in lines) == 2
 
 
-def test_cpu_budget_trains_the_localisation_nets_at_x1_and_says_so():
+def test_cpu_budget_trains_the_localisation_nets_at_x0_3_and_says_so():
     recipe = attention._recipe_summary("cpu")
-    assert (recipe["loc_lr_scale"], recipe["steps"], recipe["st_steps"], recipe["batch_size"]) == (1.0, 1500, 6000, 64)
+    assert (recipe["loc_lr_scale"], recipe["steps"], recipe["st_steps"], recipe["batch_size"]) == (0.3, 1500, 6000, 64)
     md = attention.render_markdown({"budget": "cpu", "recipe": recipe, "channels": attention.CHANNELS, "cells": []})
-    assert "localisation lr x1." in md
+    assert "localisation lr x0.3." in md

@@ -42,7 +42,7 @@ CELLS = [
 #: generating the volumes; up to several times more when the machine is busy), so 2,500 steps take about 18 and
 #: 12 minutes; with 5 validations on 2,000 volumes and testing on 5,000, about 40 minutes. Localisation lr x1, not
 #: the recipe's x3, as for every reproduction but Table 1's R/RTS/P/E: at x3 localisation nets died or left the
-#: image on Table 1's TC and in the attention models (``results/table1/loc-lr-x3-tc``, ``results/attention/loc-lr-x3``).
+#: image on Table 1's TC and in the attention models (``results/table1/loc-lr-x3-tc``, ``results/attention/loc-lr``).
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "batch_size": 8, "train_subset": 64,
               "val_subset": 16, "test_subset": 32, "val_size": 16},
