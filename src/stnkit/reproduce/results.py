@@ -117,7 +117,8 @@ def val_curve(run_dir: str | os.PathLike) -> list[dict[str, float]]:
 
     Returns:
         ``[{"step", "train_s", "val_err"}, ...]`` in step order (``step`` counts optimiser steps, 1-based;
-        ``train_s`` is training time so far, validation excluded); empty when the run has no log yet. A resumed run
+        ``train_s`` is training time so far, validation excluded; plus ``st_frozen`` / ``st_blank`` where the run
+        logged them); empty when the run has no log yet. A resumed run
         logs each part to a new file (``metrics.0.csv``, ``metrics.1.csv``, ... then ``metrics.csv``); a later part
         replaces whatever an earlier one logged from its first step on (a part may run past the checkpoint its
         successor resumed from).
