@@ -85,3 +85,17 @@ def test_cpu_budget_trains_the_localisation_nets_at_x0_3_and_says_so():
     assert (recipe["loc_lr_scale"], recipe["steps"], recipe["st_steps"], recipe["batch_size"]) == (0.3, 1500, 6000, 64)
     md = attention.render_markdown({"budget": "cpu", "recipe": recipe, "channels": attention.CHANNELS, "cells": []})
     assert "localisation lr x0.3." in md
+
+
+def test_efficiency_check_states_the_training_compute_at_the_timed_costs():
+    by_key = {"tc60-cnn": {"error": 4.0, "train_s": 120.0, "iterations": 1500, "batch_size": 64},
+              "tc60-st-crop30": {"error": 3.5, "train_s": 300.0, "iterations": 6000, "batch_size": 64,
+                                 "st_health": "alive"}}
+    timing = {"tc60-cnn": {"train_ms": 2.0, "infer_ms": 1.0}, "tc60-st-crop30": {"train_ms": 1.0, "infer_ms": 0.5}}
+    line = next(x for x in attention.efficiency_checks(by_key, timing) if x.startswith("60x60, crop 30"))
+    assert "faster: yes (2.0x inference); at least as accurate: yes" in line
+    assert "6.4 vs 3.2 min, 2.0x the CNN's training compute" in line  # 6000*64*1 ms vs 1500*64*2 ms
+    assert "not attention" not in line
+    by_key["tc60-st-crop30"]["st_health"] = "frozen from step 500"
+    line = next(x for x in attention.efficiency_checks(by_key, timing) if x.startswith("60x60, crop 30"))
+    assert "frozen from step 500: one fixed crop for every image, not attention" in line
