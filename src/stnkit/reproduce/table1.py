@@ -45,7 +45,7 @@ PAPER: dict[tuple[str, str | None], dict[str, float]] = {
 #: Budgets: TrainConfig fields per budget. ``cpu`` is the fast CPU recipe (Adam one-cycle, batch 128, bf16 where
 #: native) cut to 3000 steps (384k samples) per cell, so the 36 cells (1 seed) take about 2 hours on 2 idle cores
 #: (the ST-CNNs on 42x42 R/P/E and the CNNs dominate); measured on a busy 2-core machine: 6.6 hours of cell wall
-#: time, about 3.5 hours elapsed in two one-thread lanes. TC's transformers train at localisation lr x1
+#: time, shared by two one-thread lanes. TC's transformers train at localisation lr x1
 #: (:data:`DATASET_FIELDS`);
 #: ``long`` is the whole ``cpu`` recipe (15k steps, 1.9M samples; 13 minutes for the RTS ST-CNN, 25 for the CNN on
 #: 2 idle cores), for showing how the gap to the paper closes with training length on chosen cells, with the
