@@ -7,9 +7,9 @@ loss on embeddings of a frozen MNIST CNN (:mod:`stnkit.training.coloc`); no box 
 boxes over optimisation steps (the paper's Fig. 4).
 
 Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the encoder with the fast CPU recipe, 600 steps, then 1,000
-full-batch steps per class set: about 4 minutes plus 20 x 4 minutes, so about 85 minutes on one core of the
-project's 2-core machine, see :data:`BUDGETS`); ``paper`` (the encoder with App. A.4's recipe, 2,000 steps per
-set, 3 seeds).
+full-batch steps per class set: about 4 minutes plus 6-12 minutes a set (measured, one core to itself or shared),
+so about 2 hours for the 20 sets on the project's 2-core machine, see :data:`BUDGETS`); ``paper`` (the encoder with
+App. A.4's recipe, 2,000 steps per set, 3 seeds).
 """
 
 from __future__ import annotations
