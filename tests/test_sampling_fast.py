@@ -170,13 +170,66 @@ class TestFallback:
 
 
 def test_extension_build_folder_is_keyed_by_source_content(tmp_path, monkeypatch):
-    """Checkouts of the same code share one build; other flags or sources get their own folder."""
+    """Checkouts of the same code share one build; other flags, sources or torch installations get their own."""
     monkeypatch.setenv("STNKIT_EXT_DIR", str(tmp_path))
     build, sources = _ext._stage_sources("m", ["-O3"])
     again, _ = _ext._stage_sources("m", ["-O3"])
     other, _ = _ext._stage_sources("m", ["-O2"])
     assert build == again != other
+    monkeypatch.setattr(_ext.torch, "__file__", str(tmp_path / "another-env" / "torch" / "__init__.py"))
+    other_env, _ = _ext._stage_sources("m", ["-O3"])
+    assert other_env not in (build, other)  # another torch installation gets its own build
     assert build.is_relative_to(tmp_path)
     for staged in sources:
         original = _ext.Path(_ext.__file__).parent / _ext.Path(staged).name
         assert _ext.Path(staged).read_bytes() == original.read_bytes()
+
+
+def test_killed_build_lock_does_not_hang_later_loads(ext):
+    """A torch build lock left by a process killed mid-build must not block the next process forever (it did: CI)."""
+    import subprocess
+    import sys
+
+    name, flags = _ext._variant()
+    build, _ = _ext._stage_sources(name, flags)
+    (build / "lock").touch()  # what a process killed inside cpp_extension.load leaves behind
+    code = "from stnkit import _ext; m = _ext.load(); assert m is not None, _ext.build_error()"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert not (build / "lock").exists()
+
+
+def test_build_lock_is_released_when_its_holder_dies(tmp_path):
+    """The OS lock around a build is freed by the kernel when the process holding it is killed."""
+    import subprocess
+    import sys
+    import threading
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib; from stnkit import _ext\n"
+            f"with _ext._exclusive(pathlib.Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        acquired = threading.Event()
+
+        def take() -> None:
+            with _ext._exclusive(tmp_path):
+                acquired.set()
+
+        waiter = threading.Thread(target=take, daemon=True)
+        waiter.start()
+        assert not acquired.wait(1.0), "the lock was taken while another live process held it"
+        holder.kill()
+        assert acquired.wait(30.0), "the lock was not released when its holder was killed"
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

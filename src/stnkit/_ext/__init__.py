@@ -3,10 +3,17 @@
 ``load()`` returns the compiled module, or None when it cannot be built (no compiler, a build error) or is
 disabled with the environment variable ``STNKIT_DISABLE_EXT=1``; callers then use the pure-PyTorch path. The
 build is cached in ``$STNKIT_EXT_DIR`` (default ``~/.cache/stnkit/ext``) per torch and Python version and per
-content hash of the C++ sources and flags (the sources are copied there), so later processes only load it (well
-under a second) and two checkouts of the same code share one build instead of rebuilding each other's (a rebuild
-would overwrite a library that a running process has loaded). A failed build is remembered for the process and logged at
-DEBUG level, never raised or warned (the result is the same either way, only slower).
+content hash of the C++ sources, flags and torch installation (the sources are copied there), so later processes
+only load it (well under a second), two checkouts of the same code in one environment share one build, and two
+environments never rebuild each other's library (a rebuild would overwrite a library that a running process has
+loaded). A failed build is remembered for the process and logged at DEBUG level, never raised or warned (the result
+is the same either way, only slower).
+
+Builds and loads of one folder are serialised by an OS file lock (``fcntl.flock`` on ``.stnkit.lock``), which the
+kernel releases when its holder dies. torch's own build lock (a file named ``lock`` that its holder deletes when
+done) stays behind when a process is killed mid-build, and then every later ``cpp_extension.load`` of that folder
+waits for it forever; holding ours, no other stnkit process can be inside a build, so such a file is stale and is
+removed before loading.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import platform
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -56,7 +64,8 @@ def _stage_sources(name: str, flags: list[str]) -> tuple[Path, list[str]]:
     """Copy the C++ sources into a build folder named by their content hash; return it and the copied paths."""
     here = Path(__file__).parent
     originals = [here / "warp.cpp", here / "tps_grid.cpp"]
-    digest = hashlib.sha256(" ".join(flags).encode())
+    # torch's include paths (this environment's site-packages) go into the build file: a build per installation
+    digest = hashlib.sha256(" ".join([*flags, str(Path(torch.__file__).resolve().parent)]).encode())
     for path in originals:
         digest.update(path.read_bytes())
     build = _build_dir() / f"{name}-{digest.hexdigest()[:12]}"
@@ -70,6 +79,29 @@ def _stage_sources(name: str, flags: list[str]) -> tuple[Path, list[str]]:
             os.replace(tmp, target)  # atomic: a concurrent build sees the old or the new file, never half of one
         staged.append(str(target))
     return build, staged
+
+
+@contextlib.contextmanager
+def _exclusive(build: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``build`` and clear a stale torch build lock (see the module docstring).
+
+    Where ``fcntl`` is missing (Windows) there is no OS lock and nothing is removed: torch's lock works as it does.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    with open(build / ".stnkit.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another live process builds or loads this folder
+        try:
+            stale = build / "lock"
+            if stale.exists():
+                _log.debug("removing a stale torch build lock left by a killed process: %s", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load(verbose: bool = False) -> ModuleType | None:
@@ -89,9 +121,10 @@ def load(verbose: bool = False) -> ModuleType | None:
 
             name, flags = _variant()
             build, sources = _stage_sources(name, flags)
-            module = cpp_extension.load(
-                name=name, sources=sources, build_directory=str(build), extra_cflags=flags, verbose=verbose
-            )
+            with _exclusive(build):
+                module = cpp_extension.load(
+                    name=name, sources=sources, build_directory=str(build), extra_cflags=flags, verbose=verbose
+                )
         except Exception as exc:  # noqa: BLE001 - any build/load failure means "use the PyTorch path"
             _state["error"] = f"{type(exc).__name__}: {exc}"
             _log.debug("stnkit C++ extension unavailable, using the PyTorch path: %s", _state["error"])
