@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "CELLS", "PAPER", "attention_shares", "run", "write_outputs"]
 
@@ -118,8 +118,7 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
     store = CellStore(out)
     finished = store.finished(c.key for c in CELLS)
     table: dict[str, Any] = {"budget": budget, "recipe": _recipe_summary(budget), "param_budget": PARAM_BUDGET,
-                             "cells": [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))}
-                                       for c in CELLS if c.key in finished]}
+                             "cells": store.table_cells(c.key for c in CELLS)}
     shares_path = out / "attention_shares.json"
     if figures:
         shares = _figure(out, finished, data_dir)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "CELLS", "run", "time_model", "timings", "write_outputs"]
 
@@ -217,8 +217,7 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
     timing_path = out / "timing.json"
     table: dict[str, Any] = {
         "budget": budget, "recipe": _recipe_summary(budget), "channels": CHANNELS,
-        "cells": [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))} for c in CELLS
-                  if c.key in finished],
+        "cells": store.table_cells(c.key for c in CELLS),
         "timing": json.loads(timing_path.read_text()) if timing_path.exists() else None,
     }
     if figures:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "CELLS", "projection_figure", "run", "write_outputs"]
 
@@ -96,8 +96,7 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
     store = CellStore(out)
     finished = store.finished(c.key for c in CELLS)
     table = {"budget": budget, "recipe": budget_recipe(BUDGETS[budget]),
-             "cells": [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))} for c in CELLS
-                       if c.key in finished]}
+             "cells": store.table_cells(c.key for c in CELLS)}
     if figures and "st-cnn-mnist3d" in finished:
         _figure(out, data_dir)
     atomic_write_text(out / f"{NAME}.json", json.dumps(table, indent=2) + "\n")

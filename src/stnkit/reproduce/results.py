@@ -97,6 +97,10 @@ class CellStore:
                 out[key] = res
         return out
 
+    def table_cells(self, keys: Iterable[str]) -> list[dict[str, Any]]:
+        """The finished cells among ``keys``, in order, each result with its ``st_health`` (:func:`st_health`)."""
+        return [{**res, "st_health": st_health(self.cell_dir(key))} for key, res in self.finished(keys).items()]
+
 
 def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     """Format a number for a table cell (``—`` for missing)."""

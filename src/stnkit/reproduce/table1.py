@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, st_health
+from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
 __all__ = ["BUDGETS", "PAPER", "Cell", "all_cells", "run", "select_cells", "write_outputs"]
 
@@ -185,8 +185,7 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True) -> dict[st
     out = Path(out)
     store = CellStore(out)
     finished = store.finished(c.key for c in all_cells())
-    cells = [{**finished[c.key], "st_health": st_health(store.cell_dir(c.key))} for c in all_cells()
-             if c.key in finished]
+    cells = store.table_cells(c.key for c in all_cells())
     table = {"budget": budget, "recipe": _recipe_summary(budget), "dataset_fields": DATASET_FIELDS.get(budget, {}),
              "cells": cells}
     atomic_write_text(out / "table1.json", json.dumps(table, indent=2) + "\n")
