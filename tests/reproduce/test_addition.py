@@ -84,3 +84,15 @@ def test_cpu_budget_keeps_the_localisation_lr_at_x1():
     assert addition.BUDGETS["cpu"]["loc_lr_scale"] == 1.0
     assert addition._recipe_summary("cpu")["loc_lr_scale"] == 1.0
     assert addition._recipe_summary("cpu")["steps"] == addition.BUDGETS["cpu"]["steps"]
+
+
+def test_long_budget_is_the_cpu_budget_longer(tmp_path, smoke_env):
+    """``long`` changes only the length (and the validation spacing), so long and cpu cells compare by length."""
+    cpu, long = addition.BUDGETS["cpu"], addition.BUDGETS["long"]
+    assert long["steps"] > cpu["steps"]
+    assert {k: v for k, v in long.items() if k not in ("steps", "eval_every")} == \
+        {k: v for k, v in cpu.items() if k not in ("steps", "eval_every")}
+    assert addition._recipe_summary("long")["steps"] == long["steps"]
+    addition.run(tmp_path, budget="smoke", cells=["fcn"], figures=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match="holds results of the 'smoke' budget"):
+        addition.run(tmp_path, budget="long", cells=["fcn"], figures=False, log=lambda *_: None)

@@ -71,9 +71,12 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
               "test_subset": 128, "val_size": 64},
     "cpu": {"recipe": "cpu", "steps": 10_000, "eval_every": 1000, "loc_lr_scale": 1.0},
+    # the cpu budget 6x longer, for chosen FCN-type cells (``--cells fcn st-fcn-affine st-fcn-x2-affine``): at
+    # 10k steps every model was still learning; about 25 minutes per FCN/ST-FCN cell and 35 per 2xST-FCN cell
+    "long": {"recipe": "cpu", "steps": 60_000, "eval_every": 2000, "loc_lr_scale": 1.0},
     "paper": {"recipe": "paper"},
 }
-DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "long": 1, "paper": 3}
 
 
 def run(
