@@ -33,12 +33,20 @@ def test_attention_shares():
     x[:, 0, 2:6, 2:6] = 1.0  # digit 1 top-left, digit 2 bottom-right
     x[:, 1, 10:14, 10:14] = 1.0
     assert addition.attention_shares(model, x) == [0.5, 0.5]  # identity: both branches see both digits
+    assert addition.branch_ink(model, x) == pytest.approx([1.0, 1.0], abs=0.15)
     with torch.no_grad():  # branch 1 zooms on the top-left quarter, branch 2 on the bottom-right one
         model.transformers.branches[0].head.bias.copy_(torch.tensor([0.5, 0, -0.5, 0, 0.5, -0.5]))
         model.transformers.branches[1].head.bias.copy_(torch.tensor([0.5, 0, 0.5, 0, 0.5, 0.5]))
     shares = addition.attention_shares(model, x)
     assert shares[0] < 0.05
     assert shares[1] > 0.95
+    ink = addition.branch_ink(model, x)
+    assert ink[0] > 1.5  # zoomed 2x onto one of the two digits: more ink per pixel than the input
+    assert ink[1] > 1.5
+    with torch.no_grad():  # branch 2's window leaves the image: blank outputs attend to neither digit
+        model.transformers.branches[1].head.bias.copy_(torch.tensor([0.5, 0, 5.0, 0, 0.5, 5.0]))
+    assert addition.branch_ink(model, x)[1] == 0.0
+    assert addition.attention_shares(model, x) == [shares[0], None]
 
 
 def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):

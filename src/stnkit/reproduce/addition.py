@@ -32,7 +32,7 @@ import torch
 from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
 
-__all__ = ["BUDGETS", "CELLS", "PAPER", "attention_shares", "run", "write_outputs"]
+__all__ = ["BUDGETS", "CELLS", "PAPER", "attention_shares", "branch_ink", "run", "write_outputs"]
 
 NAME = "addition"
 TRANSFORMS = ("affine", "projective", "tps")
@@ -166,16 +166,23 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines += [f"- {line}" for line in ordering_checks(by_key)]
     shares = table.get("attention_shares")
     if shares:
+        inks_unknown = [None] * len(shares["channel1_share"])  # results written before the ink was recorded
         lines.append(f"\n## Do the two parallel transformers attend to different digits? ({shares['cell']})\n")
         lines.append("Share of each branch's output ink that comes from the second channel's digit (0 = only the "
                      "first digit, 1 = only the second, 0.5 = both equally; "
                      f"over {shares['n']} test images): "
-                     + ", ".join(f"branch {i + 1}: {s:.2f}" for i, s in enumerate(shares["channel1_share"]))
+                     + ", ".join(_share_text(i, s, ink) for i, (s, ink) in
+                                 enumerate(zip(shares["channel1_share"], shares.get("ink") or inks_unknown)))
                      + ". Figure: `fig_addition.png`.\n")
     lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. Code: stnkit "
                  f"{', '.join(sorted({c['version'] for c in table['cells']})) or '—'}, commit(s) "
                  f"{', '.join(sorted({c['commit'] for c in table['cells']})) or '—'}.\n")
     return "\n".join(lines)
+
+
+def _share_text(i: int, share: float | None, ink: float | None) -> str:
+    ink_text = "" if ink is None else f" (output ink per pixel {ink:.2f} of the input's)"
+    return f"branch {i + 1}: " + ("blank, attends to neither digit" if share is None else f"{share:.2f}") + ink_text
 
 
 def ordering_checks(by_key: dict[str, dict[str, Any]]) -> list[str]:
@@ -193,25 +200,52 @@ def ordering_checks(by_key: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def attention_shares(model: Any, images: torch.Tensor) -> list[float]:
+def attention_shares(model: Any, images: torch.Tensor) -> list[float | None]:
     """Return, per parallel branch, the share of its output ink that comes from channel 1 (the second digit).
 
     Each branch warps both channels with one transform; a branch that attends to the first digit outputs mostly
-    channel 0's ink (share near 0), one that attends to the second outputs mostly channel 1's (near 1).
+    channel 0's ink (share near 0), one that attends to the second outputs mostly channel 1's (near 1). A branch
+    whose outputs hold almost no ink (under :data:`BLANK_INK` of the input's ink per pixel, e.g. a window that
+    left the image) attends to neither digit: its share is None (see :func:`branch_ink`).
 
     Args:
         model: a :class:`~stnkit.models.addition.ParallelSTClassifier` over 2-channel inputs.
         images: inputs (N, 2, H, W).
 
     Returns:
-        One share in [0, 1] per branch.
+        One share in [0, 1] (or None) per branch.
     """
+    return _ink_stats(model, images)[0]
+
+
+#: below this output ink per pixel, relative to the input's, a branch counts as blank in :func:`attention_shares`
+BLANK_INK = 0.05
+
+
+def branch_ink(model: Any, images: torch.Tensor) -> list[float]:
+    """Return, per parallel branch, its outputs' mean ink per pixel relative to the inputs' (0 = blank outputs).
+
+    A branch at the identity gives about 1; one zoomed onto a digit gives more (the digit fills its output), one
+    whose window left the image gives about 0.
+
+    Args:
+        model: a :class:`~stnkit.models.addition.ParallelSTClassifier` over 2-channel inputs.
+        images: inputs (N, 2, H, W).
+    """
+    return _ink_stats(model, images)[1]
+
+
+def _ink_stats(model: Any, images: torch.Tensor) -> tuple[list[float | None], list[float]]:
+    """(attention shares, ink per pixel relative to the input's), one of each per branch."""
     model.eval()
     with torch.no_grad():
         merged, _ = model.transform(images)  # (N, 2k, H_out, W_out): branch b = channels 2b, 2b + 1
-    ink = merged.clamp_min(0).sum(dim=(2, 3)).view(images.shape[0], -1, 2)  # (N, k, 2)
-    share = ink[..., 1] / ink.sum(dim=2).clamp_min(1e-6)  # (N, k)
-    return [round(float(s), 3) for s in share.mean(dim=0)]
+    ink = merged.clamp_min(0).sum(dim=(0, 2, 3)).view(-1, 2)  # (k, 2): each branch's two channels
+    per_pixel_in = images.clamp_min(0).sum() / (images.shape[2] * images.shape[3])
+    relative = ink.sum(dim=1) / (merged.shape[2] * merged.shape[3]) / per_pixel_in.clamp_min(1e-12)  # (k,)
+    shares = ink[:, 1] / ink.sum(dim=1).clamp_min(1e-12)
+    return ([None if float(r) < BLANK_INK else round(float(s), 3) for s, r in zip(shares, relative)],
+            [round(float(r), 3) for r in relative])
 
 
 def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6
@@ -231,11 +265,11 @@ def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None
 
     lit, config, _ = load_checkpoint(run_dir)
     images, labels = _test_images(config, 500, data_dir)
-    shares = attention_shares(lit.model, images)
+    shares, ink = _ink_stats(lit.model, images)
     fig = parallel_figure(lit.model, images[:n], labels[:n], f"{key}: each branch's region on the input and its\n"
                           "output (branch 1 cyan, 2 pink; first digit red, second green)")
     fig.savefig(out / "fig_addition.png", dpi=90)
-    return {"cell": key, "n": int(images.shape[0]), "channel1_share": shares}
+    return {"cell": key, "n": int(images.shape[0]), "channel1_share": shares, "ink": ink}
 
 
 def _rgb(two: torch.Tensor) -> torch.Tensor:
