@@ -94,13 +94,15 @@ def test_cpu_budget_keeps_the_localisation_lr_at_x1():
     assert addition._recipe_summary("cpu")["steps"] == addition.BUDGETS["cpu"]["steps"]
 
 
-def test_long_budget_is_the_cpu_budget_longer(tmp_path, smoke_env):
-    """``long`` changes only the length (and the validation spacing), so long and cpu cells compare by length."""
-    cpu, long = addition.BUDGETS["cpu"], addition.BUDGETS["long"]
-    assert long["steps"] > cpu["steps"]
-    assert {k: v for k, v in long.items() if k not in ("steps", "eval_every")} == \
-        {k: v for k, v in cpu.items() if k not in ("steps", "eval_every")}
-    assert addition._recipe_summary("long")["steps"] == long["steps"]
-    addition.run(tmp_path, budget="smoke", cells=["fcn"], figures=False, log=lambda *_: None)
-    with pytest.raises(ValueError, match="holds results of the 'smoke' budget"):
-        addition.run(tmp_path, budget="long", cells=["fcn"], figures=False, log=lambda *_: None)
+def test_cpu_budget_trains_the_cnn_shorter(tmp_path, smoke_env, monkeypatch):
+    """Per-cell fields replace the budget's for that cell only, and each result records them."""
+    assert addition.CELL_FIELDS["cpu"]["cnn"]["steps"] < addition.BUDGETS["cpu"]["steps"]
+    monkeypatch.setitem(addition.CELL_FIELDS, "smoke", {"cnn": {"steps": 2, "eval_every": 1}})
+    table = addition.run(tmp_path, budget="smoke", cells=["fcn", "cnn"], figures=False, log=lambda *_: None)
+    by_key = {c["key"]: c for c in table["cells"]}
+    assert by_key["cnn"]["iterations"] == 2
+    assert by_key["cnn"]["cell_fields"] == {"steps": 2, "eval_every": 1}
+    assert by_key["fcn"]["iterations"] == addition.BUDGETS["smoke"]["steps"]
+    assert "cell_fields" not in by_key["fcn"]
+    md = (tmp_path / "addition.md").read_text()
+    assert "(cnn: 2: its steps cost" in md

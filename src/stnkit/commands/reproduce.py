@@ -33,8 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", choices=list(EXPERIMENTS), metavar="EXPERIMENT",
                    help="; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()))
     p.add_argument("--budget", default="cpu", choices=("smoke", "cpu", "long", "paper"),
-                   help="training budget (default cpu; long: table1 and addition only, a longer cpu budget for "
-                        "chosen cells)")
+                   help="training budget (default cpu; long: table1 only, the whole cpu recipe for chosen cells)")
     p.add_argument("--cells", nargs="+", metavar="PATTERN",
                    help="run only these cells (table1: dataset[:model[:transform]]; others: shell patterns over the "
                         "cell keys, e.g. 'st-*'); default all")

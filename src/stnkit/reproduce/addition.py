@@ -62,21 +62,21 @@ def _cells() -> list[FitCell]:
 
 CELLS = _cells()
 
-#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread, shared with other work), a
-#: training step of batch 128 takes about 0.05 s for the FCN, ST-FCN and 2xST-FCN (any transform) and 1.2-1.4 s for
-#: the CNN (400k parameters: conv widths 47/94), data generation included: 1,500 steps are about 1.5 minutes per
-#: FCN-type cell and 32 minutes for the CNN (at 10,000 steps: about 8 minutes per FCN-type cell and, with bf16
-#: and channels-last, about 80 minutes for the CNN).
+#: TrainConfig fields per budget (:data:`CELL_FIELDS` adds per-cell ones). ``cpu``: measured on the 2-core machine
+#: (1 thread), a training step of batch 128 takes about 0.02-0.03 s for the FCN, ST-FCN and 2xST-FCN (any transform)
+#: and about 1 s for the CNN (400k parameters: conv widths 47/94), data generation included. At 10,000 steps every
+#: FCN-type model was still near chance (FCN 81 %, ST-FCN 71-78 %, 2xST-FCN 78-83 %, one-cycle peak at step 2,000;
+#: two of the three 2xST-FCNs had a branch leave the image): the FCN-type cells train for 60,000 steps (about 20-30
+#: minutes each), the CNN for 10,000 (about 2.5 hours: the most compute of any cell still).
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
               "test_subset": 128, "val_size": 64},
-    "cpu": {"recipe": "cpu", "steps": 10_000, "eval_every": 1000, "loc_lr_scale": 1.0},
-    # the cpu budget 6x longer, for chosen FCN-type cells (``--cells fcn st-fcn-affine st-fcn-x2-affine``): at
-    # 10k steps every model was still learning; about 25 minutes per FCN/ST-FCN cell and 35 per 2xST-FCN cell
-    "long": {"recipe": "cpu", "steps": 60_000, "eval_every": 2000, "loc_lr_scale": 1.0},
+    "cpu": {"recipe": "cpu", "steps": 60_000, "eval_every": 2000, "loc_lr_scale": 1.0},
     "paper": {"recipe": "paper"},
 }
-DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "long": 1, "paper": 3}
+#: Per budget, per cell key: TrainConfig fields that replace the budget's (recorded in the cell's result).
+CELL_FIELDS: dict[str, dict[str, dict[str, Any]]] = {"cpu": {"cnn": {"steps": 10_000, "eval_every": 1000}}}
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
 
 
 def run(
@@ -109,9 +109,17 @@ def run(
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
     out = Path(out)
-    run_fit_cells(out, select(CELLS, cells, NAME), budget, BUDGETS[budget], seeds or DEFAULT_SEEDS[budget],
+    chosen = [_with_budget_fields(c, budget) for c in select(CELLS, cells, NAME)]
+    run_fit_cells(out, chosen, budget, BUDGETS[budget], seeds or DEFAULT_SEEDS[budget],
                   data_dir, progress, overrides, log, after_cell=lambda: write_outputs(out, budget, figures=False))
     return write_outputs(out, budget, figures=figures, data_dir=data_dir)
+
+
+def _with_budget_fields(cell: FitCell, budget: str) -> FitCell:
+    extra = CELL_FIELDS.get(budget, {}).get(cell.key, {})
+    if not extra:
+        return cell
+    return FitCell(cell.key, cell.label, {**cell.fields, **extra}, cell.paper, {**cell.info, "cell_fields": extra})
 
 
 def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: str | None = None
@@ -121,6 +129,7 @@ def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: 
     store = CellStore(out)
     finished = store.finished(c.key for c in CELLS)
     table: dict[str, Any] = {"budget": budget, "recipe": _recipe_summary(budget), "param_budget": PARAM_BUDGET,
+                             "cell_fields": CELL_FIELDS.get(budget, {}),
                              "cells": store.table_cells(c.key for c in CELLS)}
     shares_path = out / "attention_shares.json"
     if figures:
@@ -145,7 +154,8 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines = [
         "# MNIST addition reproduction (App. A.1): test error (%)\n",
         f"Budget **{table['budget']}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
-        f"batch {r['batch_size']}, {r['steps']} iterations per cell, localisation lr x{r['loc_lr_scale']:g}; every "
+        f"batch {r['batch_size']}, {r['steps']} iterations per cell{_cell_fields_text(table)}, localisation lr "
+        f"x{r['loc_lr_scale']:g}; every "
         f"model ~{table['param_budget']:,} "
         "parameters; ST outputs 21x21 (halved as for RTS). Input: two 42x42 channels with independently RTS-"
         "distorted digits; target: their sum (19 classes).\n",
@@ -155,12 +165,13 @@ def render_markdown(table: dict[str, Any]) -> str:
         res = by_key.get(c.key)
         note = f" ({PAPER_NOTE[c.key]})" if c.key in PAPER_NOTE else ""
         if res is None:
-            rows.append([c.label, "not run", f"{fmt(c.paper, 1)}{note}", "—", "—", "—", "—"])
+            rows.append([c.label, "not run", f"{fmt(c.paper, 1)}{note}", "—", "—", "—", "—", "—"])
             continue
         diff = None if c.paper is None else res["error"] - c.paper
         rows.append([c.label, f"**{fmt(res['error'])}**", f"{fmt(c.paper, 1)}{note}", fmt(diff, 2, signed=True),
-                     f"{res['params']:,}", f"{res['train_s'] / 60:.1f} min", res.get("st_health") or "—"])
-    lines.append(markdown_table(["model", "ours", "paper", "ours − paper", "params", "training",
+                     f"{res['params']:,}", f"{res['iterations']:,}", f"{res['train_s'] / 60:.1f} min",
+                     res.get("st_health") or "—"])
+    lines.append(markdown_table(["model", "ours", "paper", "ours − paper", "params", "iterations", "training",
                                  "localisation nets at the end"], rows))
     lines.append("## Does the paper's ordering hold?\n")
     lines += [f"- {line}" for line in ordering_checks(by_key)]
@@ -183,6 +194,14 @@ def render_markdown(table: dict[str, Any]) -> str:
 def _share_text(i: int, share: float | None, ink: float | None) -> str:
     ink_text = "" if ink is None else f" (output ink per pixel {ink:.2f} of the input's)"
     return f"branch {i + 1}: " + ("blank, attends to neither digit" if share is None else f"{share:.2f}") + ink_text
+
+
+def _cell_fields_text(table: dict[str, Any]) -> str:
+    """`` (cnn: 10000 iterations)`` for the cells whose steps the budget sets apart."""
+    steps = {k: v["steps"] for k, v in (table.get("cell_fields") or {}).items() if "steps" in v}
+    if not steps:
+        return ""
+    return " (" + ", ".join(f"{k}: {v}" for k, v in steps.items()) + ": its steps cost ~40x an FCN's)"
 
 
 def ordering_checks(by_key: dict[str, dict[str, Any]]) -> list[str]:
