@@ -105,4 +105,4 @@ def test_cpu_budget_trains_the_cnn_shorter(tmp_path, smoke_env, monkeypatch):
     assert by_key["fcn"]["iterations"] == addition.BUDGETS["smoke"]["steps"]
     assert "cell_fields" not in by_key["fcn"]
     md = (tmp_path / "addition.md").read_text()
-    assert "(cnn: 2: its steps cost" in md
+    assert "iterations per cell (cnn 2)" in md
