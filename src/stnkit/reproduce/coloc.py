@@ -222,9 +222,9 @@ def render_markdown(table: dict[str, Any]) -> str:
         f"IoU 0.5 depends on its centring, since the windows end {w['final_max_scale'] - w['band']:.2f}-"
         f"{w['final_max_scale']:.2f} of the image wide, about the digit's frame, so the gap between the "
         "centre-hit and the IoU columns is off-centre windows. The objective is not what stops them: on every set "
-        "the triplet loss is 5-20x lower at the true digit frames than at the windows the transformer ended with "
+        "the triplet loss is 4-26x lower at the true digit frames than at the windows the transformer ended with "
         "(`diagnosis/loss_at_true_boxes.md`, from the committed cells): the optimisation stops in local minima, "
-        "each window held 4-13 px (T) or 16-25 px (TC, std over the images) from its digit's centre.\n",
+        "the windows scattered 3-13 px (T) or 16-25 px (TC; std over the images) around their digits' centres.\n",
     ]
     rows = []
     for d in range(10):
