@@ -40,6 +40,10 @@ def test_attention_shares():
     shares = addition.attention_shares(model, x)
     assert shares[0] < 0.05
     assert shares[1] > 0.95
+    on_top = torch.zeros(2, 2, 16, 16)
+    on_top[:, :, 2:6, 2:6] = 1.0  # both digits on the same spot: every crop holds both, so they are not counted
+    assert addition.attention_shares(model, torch.cat([x, on_top])) == shares
+    assert addition.attention_shares(model, on_top)[0] == 0.5  # nothing apart: all images count
     ink = addition.branch_ink(model, x)
     assert ink[0] > 1.5  # zoomed 2x onto one of the two digits: more ink per pixel than the input
     assert ink[1] > 1.5

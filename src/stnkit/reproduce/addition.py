@@ -190,7 +190,7 @@ def render_markdown(table: dict[str, Any]) -> str:
         lines.append(f"\n## Do the two parallel transformers attend to different digits? ({shares['cell']})\n")
         lines.append("Share of each branch's output ink that comes from the second channel's digit (0 = only the "
                      "first digit, 1 = only the second, 0.5 = both equally; "
-                     f"over {shares['n']} test images): "
+                     f"over {_apart_text(shares)}): "
                      + ", ".join(_share_text(i, s, ink) for i, (s, ink) in
                                  enumerate(zip(shares["channel1_share"], shares.get("ink") or inks_unknown)))
                      + ". Figure: `fig_addition.png`.\n")
@@ -198,6 +198,13 @@ def render_markdown(table: dict[str, Any]) -> str:
                  f"{', '.join(sorted({c['version'] for c in table['cells']})) or '—'}, commit(s) "
                  f"{', '.join(sorted({c['commit'] for c in table['cells']})) or '—'}.\n")
     return "\n".join(lines)
+
+
+def _apart_text(shares: dict[str, Any]) -> str:
+    if "n_apart" not in shares:  # written before the shares left out overlapping digits
+        return f"{shares['n']} test images"
+    return (f"the {shares['n_apart']} of {shares['n']} test images whose digits overlap by less than "
+            f"{SEPARATE_OVERLAP:.0%} of the smaller one's ink")
 
 
 def _share_text(i: int, share: float | None, ink: float | None) -> str:
@@ -230,7 +237,9 @@ def attention_shares(model: Any, images: torch.Tensor) -> list[float | None]:
     """Return, per parallel branch, the share of its output ink that comes from channel 1 (the second digit).
 
     Each branch warps both channels with one transform; a branch that attends to the first digit outputs mostly
-    channel 0's ink (share near 0), one that attends to the second outputs mostly channel 1's (near 1). A branch
+    channel 0's ink (share near 0), one that attends to the second outputs mostly channel 1's (near 1). The shares
+    count the images whose digits overlap by less than :data:`SEPARATE_OVERLAP` of the smaller digit's ink (where the
+    digits lie on each other, any crop of one holds the other; all images if none is apart). A branch
     whose outputs hold almost no ink (under :data:`BLANK_INK` of the input's ink per pixel, e.g. a window that
     left the image) attends to neither digit: its share is None (see :func:`branch_ink`).
 
@@ -244,6 +253,8 @@ def attention_shares(model: Any, images: torch.Tensor) -> list[float | None]:
     return _ink_stats(model, images)[0]
 
 
+#: attention shares count the images whose two digits overlap by less than this share of the smaller one's ink
+SEPARATE_OVERLAP = 0.1
 #: below this output ink per pixel, relative to the input's, a branch counts as blank in :func:`attention_shares`
 BLANK_INK = 0.05
 
@@ -261,17 +272,23 @@ def branch_ink(model: Any, images: torch.Tensor) -> list[float]:
     return _ink_stats(model, images)[1]
 
 
-def _ink_stats(model: Any, images: torch.Tensor) -> tuple[list[float | None], list[float]]:
-    """(attention shares, ink per pixel relative to the input's), one of each per branch."""
+def _ink_stats(model: Any, images: torch.Tensor) -> tuple[list[float | None], list[float], int]:
+    """(attention shares, ink per pixel relative to the input's) per branch, and the images the shares count."""
     model.eval()
     with torch.no_grad():
         merged, _ = model.transform(images)  # (N, 2k, H_out, W_out): branch b = channels 2b, 2b + 1
-    ink = merged.clamp_min(0).sum(dim=(0, 2, 3)).view(-1, 2)  # (k, 2): each branch's two channels
+    per_image = merged.clamp_min(0).sum(dim=(2, 3)).view(images.shape[0], -1, 2)  # (N, k, 2)
+    ink = per_image.sum(dim=0)  # (k, 2): each branch's two channels
     per_pixel_in = images.clamp_min(0).sum() / (images.shape[2] * images.shape[3])
     relative = ink.sum(dim=1) / (merged.shape[2] * merged.shape[3]) / per_pixel_in.clamp_min(1e-12)  # (k,)
-    shares = ink[:, 1] / ink.sum(dim=1).clamp_min(1e-12)
+    # where the two digits lie on each other no crop can hold one without the other: shares count the rest
+    x = images.clamp_min(0)
+    overlap = torch.minimum(x[:, 0], x[:, 1]).sum(dim=(1, 2)) / x.sum(dim=(2, 3)).min(dim=1).values.clamp_min(1e-12)
+    apart = overlap < SEPARATE_OVERLAP
+    counted = per_image[apart].sum(dim=0) if bool(apart.any()) else ink
+    shares = counted[:, 1] / counted.sum(dim=1).clamp_min(1e-12)
     return ([None if float(r) < BLANK_INK else round(float(s), 3) for s, r in zip(shares, relative)],
-            [round(float(r), 3) for r in relative])
+            [round(float(r), 3) for r in relative], int(apart.sum()) if bool(apart.any()) else images.shape[0])
 
 
 def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6
@@ -291,11 +308,11 @@ def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None
 
     lit, config, _ = load_checkpoint(run_dir)
     images, labels = _test_images(config, 500, data_dir)
-    shares, ink = _ink_stats(lit.model, images)
+    shares, ink, apart = _ink_stats(lit.model, images)
     fig = parallel_figure(lit.model, images[:n], labels[:n], f"{key}: each branch's region on the input and its\n"
                           "output (branch 1 cyan, 2 pink; first digit red, second green)")
     fig.savefig(out / "fig_addition.png", dpi=90)
-    return {"cell": key, "n": int(images.shape[0]), "channel1_share": shares, "ink": ink}
+    return {"cell": key, "n": int(images.shape[0]), "n_apart": apart, "channel1_share": shares, "ink": ink}
 
 
 def _rgb(two: torch.Tensor) -> torch.Tensor:
