@@ -16,13 +16,15 @@ r() {  # experiment budget [extra args]
   .venv/bin/stnkit reproduce "$name" --budget "$budget" --threads 1 --out "$out" --no-progress "$@" \
     >> "$out.log" 2>&1
 }
-# Both lanes pull Table 1's cells from one list: a cell being trained by one lane is locked (`.lock`) and the other
-# lane moves on, so the two balance themselves; each finished cell rewrites the table from all finished ones.
+# Both lanes pull Table 1's (and the addition's) cells from one list: a cell being trained by one lane is locked
+# (`.lock`) and the other lane moves on, so the two balance themselves; each finished cell rewrites the table from all
+# finished ones.
 lane1() {
   r table1 long --cells rts:cnn
   r table1 cpu
   r mnist3d cpu
   r coloc cpu
+  r addition cpu                    # shared with lane 2 (cells are locked while trained)
 }
 lane2() {
   r table1 cpu
