@@ -25,7 +25,6 @@ from stnkit.training import load_checkpoint
 HERE = Path(__file__).parent
 CELLS = HERE.parent / "cells"
 SIZE = (84, 84)
-torch.set_num_threads(1)
 
 
 def box_params(boxes: torch.Tensor) -> torch.Tensor:
@@ -50,28 +49,35 @@ def loss_at(encoder: torch.nn.Module, x: torch.Tensor, params: torch.Tensor, dra
                    for _ in range(draws)) / draws
 
 
-lit, _, _ = load_checkpoint(CELLS / "encoder" / "s0")
-encoder = CNNEmbedding(lit.model)
-root = find_mnist(download=False)
-test_x, test_y = load_mnist(root, "test")
-train_x, _ = load_mnist(root, "train")
-rows = ["| set | correct % | loss: learned windows | loss: true frames | loss: learned scale, true centres | "
-        "mean offset (x, y) px | offset std (x, y) px |", "|---|---|---|---|---|---|---|"]
-for cell in sorted(p for p in CELLS.iterdir() if p.name != "encoder" and (p / "result.json").exists()):
-    res = json.loads((cell / "s0" / "result.json").read_text())
-    kind, digit = cell.name.split("-")
-    s = make_coloc_set(test_x, test_y, int(digit), kind=kind, n=len(res["boxes"]), seed=0, clutter_pool=train_x)
-    learned_boxes = torch.tensor(res["boxes"], dtype=torch.float32)
-    learned, true = box_params(learned_boxes), box_params(s.boxes.float())
-    assert torch.allclose(attended_box("attention", learned, SIZE), learned_boxes, atol=1e-3)
-    correct = float((box_iou(learned_boxes, s.boxes.float()) > 0.5).float().mean()) * 100
-    centred = torch.cat([learned[:, :1], true[:, 1:]], dim=1)
-    offset = (learned[:, 1:] - true[:, 1:]) * SIZE[0] / 2  # normalised -> pixels
-    rows.append(f"| {cell.name} | {correct:.0f} | {loss_at(encoder, s.images, learned):.3f} | "
-                f"{loss_at(encoder, s.images, true):.3f} | {loss_at(encoder, s.images, centred):.3f} | "
-                f"{offset.mean(0)[0]:+.1f}, {offset.mean(0)[1]:+.1f} | "
-                f"{offset.std(0)[0]:.1f}, {offset.std(0)[1]:.1f} |")
-    print(rows[-1], flush=True)
-(HERE / "loss_at_true_boxes.md").write_text(
-    "# Triplet loss at the learned windows and at the true digit frames (`loss_at_true_boxes.py`)\n\n"
-    + "\n".join(rows) + "\n")
+def main() -> None:
+    """Evaluate every finished set; write the md table."""
+    torch.set_num_threads(1)
+    lit, _, _ = load_checkpoint(CELLS / "encoder" / "s0")
+    encoder = CNNEmbedding(lit.model)
+    root = find_mnist(download=False)
+    test_x, test_y = load_mnist(root, "test")
+    train_x, _ = load_mnist(root, "train")
+    rows = ["| set | correct % | loss: learned windows | loss: true frames | loss: learned scale, true centres | "
+            "mean offset (x, y) px | offset std (x, y) px |", "|---|---|---|---|---|---|---|"]
+    for cell in sorted(p for p in CELLS.iterdir() if p.name != "encoder" and (p / "result.json").exists()):
+        res = json.loads((cell / "s0" / "result.json").read_text())
+        kind, digit = cell.name.split("-")
+        s = make_coloc_set(test_x, test_y, int(digit), kind=kind, n=len(res["boxes"]), seed=0, clutter_pool=train_x)
+        learned_boxes = torch.tensor(res["boxes"], dtype=torch.float32)
+        learned, true = box_params(learned_boxes), box_params(s.boxes.float())
+        assert torch.allclose(attended_box("attention", learned, SIZE), learned_boxes, atol=1e-3)
+        correct = float((box_iou(learned_boxes, s.boxes.float()) > 0.5).float().mean()) * 100
+        centred = torch.cat([learned[:, :1], true[:, 1:]], dim=1)
+        offset = (learned[:, 1:] - true[:, 1:]) * SIZE[0] / 2  # normalised -> pixels
+        rows.append(f"| {cell.name} | {correct:.0f} | {loss_at(encoder, s.images, learned):.3f} | "
+                    f"{loss_at(encoder, s.images, true):.3f} | {loss_at(encoder, s.images, centred):.3f} | "
+                    f"{offset.mean(0)[0]:+.1f}, {offset.mean(0)[1]:+.1f} | "
+                    f"{offset.std(0)[0]:.1f}, {offset.std(0)[1]:.1f} |")
+        print(rows[-1], flush=True)
+    (HERE / "loss_at_true_boxes.md").write_text(
+        "# Triplet loss at the learned windows and at the true digit frames (`loss_at_true_boxes.py`)\n\n"
+        + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
