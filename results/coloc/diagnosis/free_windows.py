@@ -12,21 +12,23 @@ per set goes to ``free_windows.md``.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from stnkit.data import find_mnist, load_mnist, make_coloc_set
+from stnkit.data import make_coloc_set
 from stnkit.data.coloc import random_crop_params
 from stnkit.losses import attended_box, box_iou, triplet_hinge_loss
-from stnkit.models.coloc import CNNEmbedding
 from stnkit.reproduce.coloc import BUDGETS, WINDOW
 from stnkit.sampling import warp
-from stnkit.training import load_checkpoint
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from loss_at_true_boxes import load_encoder_and_digits  # noqa: E402  (the script's own folder)
+
 SIZE, CROP = 84, 28
 
 
@@ -56,12 +58,7 @@ def main() -> None:
     parser.add_argument("sets", nargs="+")
     parser.add_argument("--blur", type=float, default=0.0)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    lit, _, _ = load_checkpoint(HERE.parent / "cells" / "encoder" / "s0")
-    encoder = CNNEmbedding(lit.model)
-    root = find_mnist(download=False)
-    test_x, test_y = load_mnist(root, "test")
-    train_x, _ = load_mnist(root, "train")
+    encoder, test_x, test_y, train_x = load_encoder_and_digits()
     budget = BUDGETS["cpu"]
     steps, n = budget["steps"], budget["n"]
     lines = []

@@ -49,14 +49,19 @@ def loss_at(encoder: torch.nn.Module, x: torch.Tensor, params: torch.Tensor, dra
                    for _ in range(draws)) / draws
 
 
-def main() -> None:
-    """Evaluate every finished set; write the md table."""
+def load_encoder_and_digits() -> tuple[CNNEmbedding, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cells' frozen embedding (of ``cells/encoder``) and MNIST's test digits, test labels and training digits."""
     torch.set_num_threads(1)
     lit, _, _ = load_checkpoint(CELLS / "encoder" / "s0")
-    encoder = CNNEmbedding(lit.model)
     root = find_mnist(download=False)
     test_x, test_y = load_mnist(root, "test")
     train_x, _ = load_mnist(root, "train")
+    return CNNEmbedding(lit.model), test_x, test_y, train_x
+
+
+def main() -> None:
+    """Evaluate every finished set; write the md table."""
+    encoder, test_x, test_y, train_x = load_encoder_and_digits()
     rows = ["| set | correct % | loss: learned windows | loss: true frames | loss: learned scale, true centres | "
             "mean offset (x, y) px | offset std (x, y) px |", "|---|---|---|---|---|---|---|"]
     for cell in sorted(p for p in CELLS.iterdir() if p.name != "encoder" and (p / "result.json").exists()):

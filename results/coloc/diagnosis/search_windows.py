@@ -16,18 +16,16 @@ from pathlib import Path
 
 import torch
 
-from stnkit.data import find_mnist, load_mnist, make_coloc_set
+from stnkit.data import make_coloc_set
 from stnkit.data.coloc import random_crop_params
 from stnkit.losses import attended_box, box_iou, triplet_hinge_loss
-from stnkit.models.coloc import CNNEmbedding
 from stnkit.sampling import warp
-from stnkit.training import load_checkpoint
 
 HERE = Path(__file__).parent
 CELLS = HERE.parent / "cells"
 SIZE, CROP, DRAWS, SWEEPS = 84, 28, 5, 3
 sys.path.insert(0, str(HERE))
-from loss_at_true_boxes import box_params  # noqa: E402  (the script's own folder)
+from loss_at_true_boxes import box_params, load_encoder_and_digits  # noqa: E402  (the script's own folder)
 
 
 def candidates() -> torch.Tensor:
@@ -78,12 +76,7 @@ def loss(encoder: torch.nn.Module, x: torch.Tensor, params: torch.Tensor) -> flo
 
 def main() -> None:
     """Search every finished set named on the command line (default: all); write the md table."""
-    torch.set_num_threads(1)
-    lit, _, _ = load_checkpoint(CELLS / "encoder" / "s0")
-    encoder = CNNEmbedding(lit.model)
-    root = find_mnist(download=False)
-    test_x, test_y = load_mnist(root, "test")
-    train_x, _ = load_mnist(root, "train")
+    encoder, test_x, test_y, train_x = load_encoder_and_digits()
     names = sys.argv[1:] or sorted(p.name for p in CELLS.iterdir() if (p / "result.json").exists()
                                    and p.name != "encoder")
     rows = ["| set | correct %: transformer | correct %: after the search | loss: transformer | "
