@@ -278,17 +278,18 @@ def _ink_stats(model: Any, images: torch.Tensor) -> tuple[list[float | None], li
     with torch.no_grad():
         merged, _ = model.transform(images)  # (N, 2k, H_out, W_out): branch b = channels 2b, 2b + 1
     per_image = merged.clamp_min(0).sum(dim=(2, 3)).view(images.shape[0], -1, 2)  # (N, k, 2)
-    ink = per_image.sum(dim=0)  # (k, 2): each branch's two channels
-    per_pixel_in = images.clamp_min(0).sum() / (images.shape[2] * images.shape[3])
-    relative = ink.sum(dim=1) / (merged.shape[2] * merged.shape[3]) / per_pixel_in.clamp_min(1e-12)  # (k,)
-    # where the two digits lie on each other no crop can hold one without the other: shares count the rest
     x = images.clamp_min(0)
+    per_pixel_in = x.sum() / (images.shape[2] * images.shape[3])
+    relative = per_image.sum(dim=(0, 2)) / (merged.shape[2] * merged.shape[3]) / per_pixel_in.clamp_min(1e-12)  # (k,)
+    # where the two digits lie on each other no crop can hold one without the other: shares count the rest
     overlap = torch.minimum(x[:, 0], x[:, 1]).sum(dim=(1, 2)) / x.sum(dim=(2, 3)).min(dim=1).values.clamp_min(1e-12)
     apart = overlap < SEPARATE_OVERLAP
-    counted = per_image[apart].sum(dim=0) if bool(apart.any()) else ink
+    if not apart.any():
+        apart = torch.ones_like(apart)
+    counted = per_image[apart].sum(dim=0)  # (k, 2): each branch's two channels
     shares = counted[:, 1] / counted.sum(dim=1).clamp_min(1e-12)
     return ([None if float(r) < BLANK_INK else round(float(s), 3) for s, r in zip(shares, relative)],
-            [round(float(r), 3) for r in relative], int(apart.sum()) if bool(apart.any()) else images.shape[0])
+            [round(float(r), 3) for r in relative], int(apart.sum()))
 
 
 def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6
