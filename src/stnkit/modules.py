@@ -117,7 +117,7 @@ class SpatialTransformer(nn.Module):
     """
 
     transform: Transform
-    head: LocalizationHead
+    head: nn.Module  # a LocalizationHead unless replaced (any module mapping (N, F) features to (N, P) parameters)
 
     def __init__(
         self,

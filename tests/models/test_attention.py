@@ -3,12 +3,14 @@ import torch
 from torch import nn
 
 from stnkit.models import CNN, STClassifier, count_params, create
+from stnkit.models.localization import SoftArgmaxWindowHead
 
 
 class TestSTCNNAttention:
-    @pytest.mark.parametrize(("size", "crop", "pool"), [(120, 30, 2), (60, 20, 1), (120, 20, 2)])
-    def test_shapes_and_low_res_localisation(self, size, crop, pool):
-        model = create("st-cnn-attention", input_size=size, crop=crop, channels=(8, 16))
+    @pytest.mark.parametrize("localization", ["heatmap", "cnn"])
+    @pytest.mark.parametrize(("size", "crop"), [(120, 30), (60, 20), (120, 20)])
+    def test_shapes_and_low_res_localisation(self, size, crop, localization):
+        model = create("st-cnn-attention", input_size=size, crop=crop, channels=(8, 16), localization=localization)
         assert isinstance(model, STClassifier)
         assert model.transformer.transform.name == "attention"
         assert model.transformer.output_size == (crop, crop)
@@ -19,20 +21,41 @@ class TestSTCNNAttention:
         x = torch.rand(2, 1, size, size, requires_grad=True)
         model(x).sum().backward()
         hook.remove()
-        assert seen == [size // (2 * pool)]  # the localisation convolutions see ~30x30, never the full input
+        assert seen == [30]  # the localisation convolutions see ~30x30, never the full input
         assert x.grad is not None
         assert all(p.grad is not None for p in model.parameters())
 
     def test_identity_crop_is_the_whole_input(self):
-        model = create("st-cnn-attention", input_size=60, crop=30, channels=(4, 8))
+        model = create("st-cnn-attention", input_size=60, crop=30, channels=(4, 8), localization="cnn")
         x = torch.rand(2, 1, 60, 60)
         warped, params = model.transform(x)
         assert torch.allclose(params, torch.tensor([[1.0, 0.0, 0.0]]).expand(2, 3))
         assert torch.allclose(warped, nn.functional.avg_pool2d(x, 2), atol=1e-5)  # 2x down, bilinear at centres
 
-    def test_cheaper_than_the_full_resolution_cnn(self):
+    def test_heatmap_window_starts_centred_within_its_scale_range(self):
+        model = create("st-cnn-attention", input_size=120, crop=20, channels=(4, 8))
+        head = model.transformer.head
+        assert isinstance(head, SoftArgmaxWindowHead)
+        assert (head.lo, head.hi) == pytest.approx((20 / 120, 2.5 * 20 / 120))
+        with torch.no_grad():
+            _, params = model.transform(torch.rand(3, 1, 120, 120))
+        assert torch.allclose(params, torch.tensor([(head.lo + head.hi) / 2, 0.0, 0.0]).expand(3, 3), atol=1e-6)
+        custom = create("st-cnn-attention", input_size=120, crop=20, channels=(4, 8), scale_range=(0.2, 0.3),
+                        init_scale=0.22)
+        with torch.no_grad():
+            assert float(custom.transform(torch.rand(1, 1, 120, 120))[1][0, 0]) == pytest.approx(0.22)
+
+    def test_bad_localization_choices(self):
+        with pytest.raises(ValueError, match="unknown localization 'fc'"):
+            create("st-cnn-attention", input_size=60, localization="fc")
+        with pytest.raises(ValueError, match="heatmap localisation places an attention window"):
+            create("st-cnn-attention", input_size=60, transform="affine")
+        assert create("st-cnn-attention", input_size=60, transform="affine", localization="cnn") is not None
+
+    @pytest.mark.parametrize("localization", ["heatmap", "cnn"])
+    def test_cheaper_than_the_full_resolution_cnn(self, localization):
         # same conv widths; the attention model's convolutions run on the crop, not the 120x120 input
-        st = create("st-cnn-attention", input_size=120, crop=30, channels=(16, 32))
+        st = create("st-cnn-attention", input_size=120, crop=30, channels=(16, 32), localization=localization)
         cnn = create("cnn", input_size=120, channels=(16, 32))
         assert isinstance(cnn, CNN)
 

@@ -23,7 +23,8 @@ def test_cells():
                     "tc120-st-crop20"]
     big = next(c for c in attention.CELLS if c.key == "tc120-st-crop20")
     assert big.fields["distortion"] == {"canvas_size": 120, "clutter": 24}
-    assert big.fields["model_kwargs"] == {"channels": attention.CHANNELS, "crop": 20, "st_downsample": None}
+    assert big.fields["model_kwargs"] == {"channels": attention.CHANNELS, "crop": 20, "st_downsample": None,
+                                          "localization": "heatmap"}
 
 
 def test_cpu_budget_trains_attention_models_longer_but_not_the_cnns():
@@ -80,11 +81,12 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert sum("skipped" in line for line in lines) == 2
 
 
-def test_cpu_budget_trains_the_localisation_nets_at_x0_3_and_says_so():
+def test_cpu_budget_states_its_localisation_lr_and_design():
     recipe = attention._recipe_summary("cpu")
-    assert (recipe["loc_lr_scale"], recipe["steps"], recipe["st_steps"], recipe["batch_size"]) == (0.3, 1500, 6000, 64)
+    assert (recipe["loc_lr_scale"], recipe["steps"], recipe["st_steps"], recipe["batch_size"]) == (1.0, 1500, 6000, 64)
     md = attention.render_markdown({"budget": "cpu", "recipe": recipe, "channels": attention.CHANNELS, "cells": []})
-    assert "localisation lr x0.3." in md
+    assert "localisation lr x1." in md
+    assert "soft-argmax" in md and "fc-localisation/" in md
 
 
 def test_efficiency_check_states_the_training_compute_at_the_timed_costs():

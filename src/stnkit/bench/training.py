@@ -36,6 +36,7 @@ from stnkit.bench.timing import interleaved
 
 if TYPE_CHECKING:
     from stnkit.models.mnist import STClassifier
+    from stnkit.modules import LocalizationHead
 
 __all__ = ["DataResult", "StepResult", "run_data", "run_training"]
 
@@ -144,8 +145,9 @@ def run_training(
                 model = cast("STClassifier", create(kind, input_size=size, transform=transform,
                                                     st_downsample=downsample))
                 st = model.transformer
+                head = cast("LocalizationHead", st.head)
                 with torch.no_grad():  # a non-trivial warp: identity-initialised heads would sample the identity
-                    st.head.bias.add_(0.05 * torch.randn(st.head.bias.shape, generator=gen))
+                    head.bias.add_(0.05 * torch.randn(head.bias.shape, generator=gen))
                 # (C, h, w) after the transformer (and its pooling): the classifier is an FCN or a CNN
                 cls_shape = cast("tuple[int, int, int]", model.classifier.input_shape)
                 cls_x = torch.rand(batch, *cls_shape, generator=gen)

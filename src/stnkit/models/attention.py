@@ -2,8 +2,16 @@
 
 The paper's point (iii) (Jaderberg et al. 2015, Sec. 3.4 and 4): an attention transformer (scale + translation)
 whose output is smaller than its input lets the classifier run at the crop's resolution, so the network is cheaper
-than one on the full input. Here the localisation net always works on a ~30x30 version of the input (an average
-pool, then the ST-CNN localisation net, which halves it again), and the classifier is the Table 1 CNN on the crop.
+than one on the full input. The classifier is the Table 1 CNN on the crop. Two localisation designs, both on a
+~30x30 version of the input (an average pool first: the localisation never costs full resolution):
+
+- ``"heatmap"`` (default): a fully-convolutional score map whose soft-argmax is the window's centre, one learned
+  scale (:func:`~stnkit.models.localization.heatmap_localization`,
+  :class:`~stnkit.models.localization.SoftArgmaxWindowHead`).
+- ``"cnn"``: the ST-CNN localisation net (conv, pool, conv, FC) regressing (s, tx, ty) from fully-connected
+  features, as in the paper's distorted-MNIST models. On TC digits in a 120x120 canvas it failed: its units died
+  within 500-1,000 steps, leaving one fixed crop for every image (``results/attention/fc-localisation``), and a
+  window made to zoom in from the whole image did not train either.
 """
 
 from __future__ import annotations
@@ -15,13 +23,22 @@ from torch import nn
 from stnkit import transforms as _transforms
 from stnkit._checks import normalize_size
 from stnkit.models._registry import register_model
-from stnkit.models.localization import cnn_localization, cnn_localization_params
+from stnkit.models.localization import (
+    SoftArgmaxWindowHead,
+    cnn_localization,
+    cnn_localization_params,
+    heatmap_localization,
+)
 from stnkit.models.mnist import CNN, DEFAULT_PARAM_BUDGET, STClassifier, _cnn_channels, _st_sizes
 from stnkit.modules import SpatialTransformer
 
-__all__ = ["LOC_SIZE"]
+__all__ = ["LOCALIZATIONS", "LOC_SIZE", "SCALE_RANGE"]
 
 LOC_SIZE = 60  # the localisation net's input is pooled to about this size (then halved inside the ST-CNN net)
+LOCALIZATIONS = ("heatmap", "cnn")
+#: The heatmap window's scale range, as fractions of the crop's own share of the input (crop / input side): from
+#: a crop at the input's resolution to 2.5x that (a 28x28 digit needs 0.23 of a 120x120 input).
+SCALE_RANGE = (1.0, 2.5)
 
 
 def _loc_pool(size: tuple[int, int]) -> int:
@@ -33,6 +50,7 @@ def st_cnn_attention(
     input_size: int | Sequence[int] = 120, in_channels: int = 1, num_classes: int = 10, crop: int = 30,
     transform: str = "attention", st_downsample: str | None = None, param_budget: int = DEFAULT_PARAM_BUDGET,
     loc_lr_scale: float = 1.0, bound: float | None = None, channels: Sequence[int] | None = None,
+    localization: str = "heatmap", scale_range: tuple[float, float] | None = None, init_scale: float | None = None,
 ) -> STClassifier:
     """Attention ST-CNN: a ``crop`` x ``crop`` window of the input, chosen by a low-resolution localisation net.
 
@@ -41,12 +59,18 @@ def st_cnn_attention(
         in_channels: C.
         num_classes: logits.
         crop: side of the transformer's output, the classifier's input.
-        transform: ``"attention"`` (the paper's crop: scale + translation) or any other 2-D transform.
+        transform: ``"attention"`` (the paper's crop: scale + translation) or any other 2-D transform (``"cnn"``
+            localisation only).
         st_downsample: None, ``"output_size"`` or ``"avgpool"``: halve the crop before the classifier.
         param_budget: parameters the classifier's conv widths are solved for (unless ``channels``).
         loc_lr_scale: learning-rate multiplier of the localisation net.
-        bound: optional bound of the parameters around the identity.
+        bound: optional bound of the parameters around the identity (``"cnn"`` localisation only).
         channels: the classifier's two conv widths, e.g. the full-resolution CNN's, for a like-for-like comparison.
+        localization: ``"heatmap"`` (score map + soft-argmax: the window's centre; one learned scale) or ``"cnn"``
+            (the ST-CNN net regressing the transform, identity-initialised: the whole input at first).
+        scale_range: (lo, hi) of the heatmap window's scale (its side over the input's); default
+            :data:`SCALE_RANGE` times ``crop / input side``, capped at 1.
+        init_scale: the heatmap window's initial scale; default the middle of ``scale_range``.
 
     Example:
         >>> import torch
@@ -59,14 +83,30 @@ def st_cnn_attention(
     t = _transforms.get(transform)
     if t.spatial_dims != 2:
         raise ValueError(f"transform {t.name!r} is not a 2-D transform; ST models classify images")
-    pool = _loc_pool(size)
-    pooled = (size[0] // pool, size[1] // pool)
-    loc, feat = cnn_localization(pooled, in_channels)
-    if pool > 1:
-        loc = nn.Sequential(nn.AvgPool2d(pool), loc)  # (N, C, H/pool, W/pool) first: the net never sees full res
+    if localization not in LOCALIZATIONS:
+        raise ValueError(f"unknown localization {localization!r}; expected one of {', '.join(LOCALIZATIONS)}")
     ch, cw = normalize_size(crop, 2, "crop")
     out_size, cls_size = _st_sizes((ch, cw), st_downsample)
-    st = SpatialTransformer(loc, t, output_size=out_size, in_features=feat, bound=bound, loc_lr_scale=loc_lr_scale)
-    budget = param_budget - cnn_localization_params(pooled, in_channels) - (feat + 1) * t.num_params
+    if localization == "heatmap":
+        if t.name != "attention":
+            raise ValueError(f"the heatmap localisation places an attention window; got transform {t.name!r} (use "
+                             f"localization='cnn' for other transforms)")
+        share = max(ch / h, cw / w)
+        lo, hi = scale_range or (min(SCALE_RANGE[0] * share, 0.99), min(SCALE_RANGE[1] * share, 1.0))
+        loc, map_size, stride = heatmap_localization(size, in_channels)
+        st = SpatialTransformer(loc, t, output_size=out_size, loc_lr_scale=loc_lr_scale)
+        st.head = SoftArgmaxWindowHead(map_size, stride, size, (lo, hi), (lo + hi) / 2 if init_scale is None
+                                       else init_scale)
+        loc_params = sum(p.numel() for p in st.localization_parameters())
+    else:
+        pool = _loc_pool(size)
+        pooled = (size[0] // pool, size[1] // pool)
+        loc, feat = cnn_localization(pooled, in_channels)
+        if pool > 1:
+            loc = nn.Sequential(nn.AvgPool2d(pool), loc)  # (N, C, H/pool, W/pool) first: the net never sees full res
+        st = SpatialTransformer(loc, t, output_size=out_size, in_features=feat, bound=bound,
+                                loc_lr_scale=loc_lr_scale)
+        loc_params = cnn_localization_params(pooled, in_channels) + (feat + 1) * t.num_params
+    budget = param_budget - loc_params
     channels = channels or _cnn_channels((in_channels, *cls_size), num_classes, budget)
     return STClassifier(st, CNN(cls_size, in_channels, num_classes, channels), avgpool=st_downsample == "avgpool")
