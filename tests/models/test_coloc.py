@@ -40,6 +40,24 @@ class TestColocTransformer:
         _, params = st(torch.rand(2, 1, 84, 84), return_params=True)
         assert torch.allclose(params, torch.tensor([[1.0, 0.0, 0.0]]).expand(2, 3))  # identity: whole image
 
+    def test_heatmap_localisation(self):
+        import pytest
+
+        from stnkit.models.localization import SoftArgmaxWindowHead
+
+        st = coloc_transformer(scale_range=(0.25, 0.5), init_scale=1 / 3, localization="heatmap")
+        assert isinstance(st.head, SoftArgmaxWindowHead) and st.head.map_size == (21, 21)
+        x = torch.zeros(1, 1, 84, 84)
+        x[..., 28:56, 28:56] = torch.rand(28, 28)
+        with torch.no_grad():
+            out, params = st(x, return_params=True)
+        assert torch.allclose(params, torch.tensor([[1 / 3, 0.0, 0.0]]), atol=1e-6)  # uniform map: centred
+        assert torch.allclose(out[0, 0], x[0, 0, 28:56, 28:56], atol=1e-4)
+        with pytest.raises(ValueError, match="unknown localization 'fc'"):
+            coloc_transformer(localization="fc")
+        with pytest.raises(ValueError, match="needs a scale_range"):
+            coloc_transformer(scale_range=None, localization="heatmap")
+
     def test_init_scale(self):
         st = coloc_transformer(scale_range=(0.25, 0.5), init_scale=1 / 3)
         x = torch.zeros(1, 1, 84, 84)

@@ -19,13 +19,17 @@ def smoke_env(monkeypatch, mnist_dir):
 
 def test_cells():
     assert [c.key for c in coloc.CELLS][:2] == ["t-0", "t-1"]
-    assert len(coloc.CELLS) == 20
+    assert len(coloc.CELLS) == 40
+    assert [c.key for c in coloc.CELLS][20:22] == ["t-0-heatmap", "t-1-heatmap"]
+    assert {c.localization for c in coloc.CELLS} == {"paper", "heatmap"}
 
 
 def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     out = tmp_path / "coloc"
-    table = coloc.run(out, budget="smoke", cells=["t-3", "tc-3"], progress=False, log=lambda *_: None)
-    assert [c["key"] for c in table["cells"]] == ["t-3", "tc-3"]
+    table = coloc.run(out, budget="smoke", cells=["t-3", "tc-3", "t-3-heatmap"], progress=False,
+                      log=lambda *_: None)
+    assert [c["key"] for c in table["cells"]] == ["t-3", "tc-3", "t-3-heatmap"]
+    assert [c["localization"] for c in table["cells"]] == ["paper", "paper", "heatmap"]
     saved = json.loads((out / "coloc.json").read_text())
     assert saved["budget"] == "smoke"
     n = coloc.BUDGETS["smoke"]["n"]
@@ -41,9 +45,11 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert "Budget **smoke**" in md
     assert "| 3 | **" in md
     assert "75-93" in md
-    assert "Cells finished: 2 of 20" in md
+    assert "Cells finished: 3 of 40" in md
+    assert "| T ours, heatmap % |" in md
     assert all(0 <= c["centre_hit"] <= 100 for c in saved["cells"])
     assert (out / "fig_coloc.png").stat().st_size > 5_000
+    assert (out / "fig_coloc_heatmap.png").stat().st_size > 5_000
     assert (out / "cells" / "encoder" / "s0" / "metrics.json").exists()
 
     import stnkit.training as training
@@ -51,9 +57,10 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     calls = []
     monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
     lines = []
-    coloc.run(out, budget="smoke", cells=["t-3", "tc-3"], progress=False, figures=False, log=lines.append)
+    coloc.run(out, budget="smoke", cells=["t-3", "tc-3", "t-3-heatmap"], progress=False, figures=False,
+              log=lines.append)
     assert calls == []
-    assert sum("skipped" in line for line in lines) == 2
+    assert sum("skipped" in line for line in lines) == 3
 
 
 def test_boxes_figure_draws_history():

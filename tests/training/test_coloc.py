@@ -83,3 +83,20 @@ def test_zoom_schedule_holds_the_scale_in_a_band_below_the_moving_bound():
         ColocLitModule(enc, scale_range=(0.25, 0.6), start_max_scale=0.9)
     with pytest.raises(ValueError, match="band"):
         ColocLitModule(enc, scale_range=(0.25, 1.0), init_scale=0.9, start_max_scale=1.0, band=0.0)
+
+
+def test_heatmap_localisation_follows_the_zoom_schedule(tmp_path):
+    from stnkit.models.localization import SoftArgmaxWindowHead
+
+    res = fit_coloc(_set(), CNN(28, channels=(4, 8)), steps=4, eval_every=2, scale_range=(0.25, 1.0),
+                    init_scale=0.975, start_max_scale=1.0, band=0.05, final_max_scale=0.4, anneal=0.5,
+                    localization="heatmap")
+    scales = [torch.tensor(h["params"])[:, 0] for h in res["history"]]
+    assert torch.allclose(scales[0], torch.full((8,), 0.975))  # the step-0 band, centred by the uniform map
+    assert ((scales[-1] >= 0.35 - 1e-6) & (scales[-1] <= 0.4 + 1e-6)).all()  # zoomed into the final band
+    lit = ColocLitModule(CNNEmbedding(CNN(28, channels=(4, 8))), scale_range=(0.25, 1.0), init_scale=0.975,
+                         start_max_scale=1.0, band=0.05, final_max_scale=0.4, steps=10, localization="heatmap")
+    assert isinstance(lit.transformer.head, SoftArgmaxWindowHead)
+    s = _set(4)
+    lit.training_step((s.images, s.boxes), 0).backward()
+    assert all(p.grad is not None for p in lit.transformer.parameters())

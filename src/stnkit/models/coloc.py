@@ -16,10 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stnkit._checks import normalize_size
+from stnkit.models.localization import SoftArgmaxWindowHead, heatmap_localization
 from stnkit.models.mnist import CNN
 from stnkit.modules import LocalizationHead, SpatialTransformer
 
-__all__ = ["AttentionWindowHead", "CNNEmbedding", "coloc_localization", "coloc_transformer"]
+__all__ = ["LOCALIZATIONS", "AttentionWindowHead", "CNNEmbedding", "coloc_localization", "coloc_transformer"]
+
+LOCALIZATIONS = ("paper", "heatmap")
 
 
 def coloc_localization(input_size: int | Sequence[int] = 84, in_channels: int = 1, hidden: int = 8
@@ -91,8 +94,8 @@ class AttentionWindowHead(LocalizationHead):
 
 
 def coloc_transformer(input_size: int | Sequence[int] = 84, in_channels: int = 1, crop: int = 28,
-                      scale_range: tuple[float, float] | None = (0.25, 0.6), init_scale: float = 0.5
-                      ) -> SpatialTransformer:
+                      scale_range: tuple[float, float] | None = (0.25, 0.6), init_scale: float = 0.5,
+                      localization: str = "paper") -> SpatialTransformer:
     """Build the co-localisation transformer: an attention crop of ``crop`` x ``crop`` pixels.
 
     Not in the model registry, whose models are classifiers (inputs -> logits); this maps (N, C, 84, 84) images to
@@ -106,12 +109,27 @@ def coloc_transformer(input_size: int | Sequence[int] = 84, in_channels: int = 1
             for the plain identity-initialised regression (unbounded, starting from the whole image).
         init_scale: the window's scale at initialisation, centred (with ``scale_range``): 0.5 overlaps most digits
             (28/84 = 0.33 is a digit's size), so the loss has a gradient for most images from the start.
+        localization: ``"paper"`` (the net above) or ``"heatmap"``: a score map whose soft-argmax is the window's
+            centre (:func:`~stnkit.models.localization.heatmap_localization`,
+            :class:`~stnkit.models.localization.SoftArgmaxWindowHead`; needs ``scale_range``). The paper's net
+            regresses the window from fully-connected features of each image; the score map runs one detector
+            at every place, so what it learns on the images whose window already overlaps the digit moves the
+            windows of the others too.
 
     Example:
         >>> st = coloc_transformer()
         >>> st(torch.rand(2, 1, 84, 84)).shape
         torch.Size([2, 1, 28, 28])
     """
+    if localization not in LOCALIZATIONS:
+        raise ValueError(f"unknown localization {localization!r}; expected one of {', '.join(LOCALIZATIONS)}")
+    if localization == "heatmap":
+        if scale_range is None:
+            raise ValueError("the heatmap localisation needs a scale_range (its window's scale is bounded)")
+        loc, map_size, stride = heatmap_localization(input_size, in_channels)
+        st = SpatialTransformer(loc, "attention", output_size=crop)
+        st.head = SoftArgmaxWindowHead(map_size, stride, input_size, scale_range, init_scale)
+        return st
     loc, feat = coloc_localization(input_size, in_channels)
     st = SpatialTransformer(loc, "attention", output_size=crop, in_features=feat)
     if scale_range is not None:

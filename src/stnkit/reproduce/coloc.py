@@ -3,12 +3,14 @@
 For each digit class and each variant (T: a 28x28 digit at a random place in 84x84; TC: plus 16 random 6x6
 clutter crops), 100 test images of that class are given to an attention transformer trained only with the triplet
 loss on embeddings of a frozen MNIST CNN (:mod:`stnkit.training.coloc`); no box is ever seen. Cells: ``encoder``
-(the Table 1 CNN trained on plain MNIST through :func:`stnkit.training.fit`) and ``t-0`` ... ``tc-9``. Figure: the
-boxes over optimisation steps (the paper's Fig. 4).
+(the Table 1 CNN trained on plain MNIST through :func:`stnkit.training.fit`), ``t-0`` ... ``tc-9`` (the paper's
+localisation net) and ``t-0-heatmap`` ... ``tc-9-heatmap`` (the same window, loss and schedule, placed by a score
+map's soft-argmax: :func:`stnkit.models.coloc.coloc_transformer`). Figures: the boxes over optimisation steps (the
+paper's Fig. 4), one per localisation net.
 
 Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the encoder with the fast CPU recipe, 600 steps, then 1,000
 full-batch steps per class set: about 4 minutes plus 6-12 minutes a set (measured, one core to itself or shared),
-so about 2 hours for the 20 sets on the project's 2-core machine, see :data:`BUDGETS`); ``paper`` (the encoder with
+so about 4 hours for the 40 sets on the project's 2-core machine, see :data:`BUDGETS`); ``paper`` (the encoder with
 App. A.4's recipe, 2,000 steps per set, 3 seeds).
 """
 
@@ -39,18 +41,20 @@ HISTORY_IMAGES = 8  # images whose box trajectory is kept in the result (for the
 
 @dataclass(frozen=True)
 class ColocCell:
-    """One co-localisation set: a digit class in the T or TC variant."""
+    """One co-localisation set: a digit class in the T or TC variant, with one localisation net."""
 
     kind: str
     digit: int
+    localization: str = "paper"
 
     @property
     def key(self) -> str:
-        """Folder name, e.g. ``tc-7``."""
-        return f"{self.kind}-{self.digit}"
+        """Folder name, e.g. ``tc-7`` (the paper's net) or ``tc-7-heatmap``."""
+        return f"{self.kind}-{self.digit}" + ("" if self.localization == "paper" else f"-{self.localization}")
 
 
-CELLS = [ColocCell(k, d) for k in KINDS for d in range(10)]
+LOCALIZATIONS = ("paper", "heatmap")
+CELLS = [ColocCell(k, d, loc) for loc in LOCALIZATIONS for k in KINDS for d in range(10)]
 
 #: The attention window's schedule (:class:`stnkit.training.coloc.ColocLitModule`): the window starts as the whole
 #: image and zooms in, its scale held within 0.05 below an upper bound that moves from 1 to 0.38 over the first half
@@ -145,7 +149,8 @@ def run(
             "train_s": round(sum(r["train_s"] for r in results), 1), "ious": results[0]["ious"],
             "true_boxes": results[0]["true_boxes"][:HISTORY_IMAGES], "boxes": results[0]["boxes"][:HISTORY_IMAGES],
             "history": [{"step": h["step"], "params": h["params"][:HISTORY_IMAGES]} for h in results[0]["history"]],
-            "encoder_test_err": encoder_metrics["test_err"], "budget": budget, "paper": [lo, hi], **provenance(),
+            "encoder_test_err": encoder_metrics["test_err"], "budget": budget, "paper": [lo, hi],
+            "localization": cell.localization, **provenance(),
         }
         store.save(cell.key, result)
         log(f"[{i}/{len(chosen)}] {cell.key}: {result['correct']:.0f} % correct (IoU > 0.5), mean IoU "
@@ -178,7 +183,7 @@ def _colocalise(cell: ColocCell, seed: int, encoder: Any, data: tuple[torch.Tens
     test_x, test_y, train_x = data
     s = make_coloc_set(test_x, test_y, cell.digit, kind=cell.kind, n=budget["n"], seed=seed, clutter_pool=train_x)
     result = fit_coloc(s, encoder, steps=budget["steps"], eval_every=budget["eval_every"], lr=budget["lr"],
-                       seed=seed, out=run_dir, progress=progress, **WINDOW)
+                       seed=seed, out=run_dir, progress=progress, localization=cell.localization, **WINDOW)
     atomic_write_text(done, json.dumps(result) + "\n")
     return result
 
@@ -207,7 +212,7 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines = [
         "# Co-localisation reproduction (App. A.2): % of images localised (IoU > 0.5)\n",
         f"Budget **{table['budget']}**: per digit class, {table['n']} test images; an attention transformer "
-        f"(window kept inside the image; it starts as the whole image and zooms in, its scale held within "
+        f"(with the paper's net kept inside the image; the window starts as the whole image and zooms in, its scale held within "
         f"{w['band']} below an upper bound moving from {w['start_max_scale']} to {w['final_max_scale']} over the "
         f"first {w['anneal']:.0%} of the steps: with a free scale the windows of thin digits shrank onto empty "
         f"background, and the loss alone lets them grow; see `stnkit.reproduce.coloc.WINDOW`) trained "
@@ -221,53 +226,66 @@ def render_markdown(table: dict[str, Any]) -> str:
         "Reading the columns: a box that holds the digit's centre has found the digit; whether it also reaches "
         f"IoU 0.5 depends on its centring, since the windows end {w['final_max_scale'] - w['band']:.2f}-"
         f"{w['final_max_scale']:.2f} of the image wide, about the digit's frame, so the gap between the "
-        "centre-hit and the IoU columns is off-centre windows. The objective is not what stops them: on every set "
-        "the triplet loss is 4-26x lower at the true digit frames than at the windows the transformer ended with "
-        "(`diagnosis/loss_at_true_boxes.md`, from the committed cells): the optimisation stops in local minima, "
-        "the windows scattered 3-13 px (T) or 16-25 px (TC; std over the images) around their digits' centres.\n",
+        "centre-hit and the IoU columns is off-centre windows.\n",
+        "Two localisation nets, everything else the same. **Paper's net** (conv 8@9x9 stride 4, max-pool, FC 8, FC "
+        "8): the objective is not what stops it: on every set the triplet loss is 4-26x lower at the true digit "
+        "frames than at the windows it ended with (`diagnosis/loss_at_true_boxes.md`): the optimisation stops in "
+        "local minima, the windows scattered 3-13 px (T) or 16-25 px (TC; std over the images) around their "
+        "digits' centres. **Heatmap**: a fully-convolutional score map on the image pooled to 42x42 (conv 5x5, "
+        "max-pool, conv 5x5, conv 1x1: 21x21 scores) whose soft-argmax is the window's centre "
+        "(`stnkit.models.coloc.coloc_transformer(localization=\"heatmap\")`). One detector runs at every place, "
+        "so what it learns from the images whose window already overlaps the digit moves every other window too; "
+        "the paper's net regresses each image's window from fully-connected features instead.\n",
     ]
-    rows = []
+    rows, means = [], ["mean"]
     for d in range(10):
         row = [str(d)]
         for kind in KINDS:
-            res = by_key.get(f"{kind}-{d}")
+            for loc in LOCALIZATIONS:
+                res = by_key.get(ColocCell(kind, d, loc).key)
+                row.append(f"**{res['correct']:.0f}** ({res['iou']:.2f}, {res.get('centre_hit', 0):.0f} %)" if res
+                           else "not run")
             lo, hi = PAPER[kind]
-            paper = f"{lo:.0f}" if lo == hi else f"{lo:.0f}-{hi:.0f}"
-            row += [f"**{res['correct']:.0f}** ({res['iou']:.2f}, {res.get('centre_hit', 0):.0f} %)" if res
-                    else "not run", paper]
+            row.append(f"{lo:.0f}" if lo == hi else f"{lo:.0f}-{hi:.0f}")
         rows.append(row)
-    means = []
     for kind in KINDS:
-        done = [by_key[f"{kind}-{d}"] for d in range(10) if f"{kind}-{d}" in by_key]
-        means.append(fmt(statistics.fmean(c["correct"] for c in done), 1) if done else "—")
-    rows.append(["mean", f"**{means[0]}**", "100", f"**{means[1]}**", "75-93"])
-    lines.append(markdown_table(["digit", "T ours % (IoU, centre hit)", "T paper %", "TC ours % (IoU, centre hit)",
-                                 "TC paper %"], rows))
-    lines.append(f"Cells finished: {len(by_key)} of {len(CELLS)}. Figure: `fig_coloc.png` (boxes over "
-                 "optimisation steps, early = light, late = dark; the true frame dashed).\n")
+        for loc in LOCALIZATIONS:
+            done = [by_key[k] for k in (ColocCell(kind, d, loc).key for d in range(10)) if k in by_key]
+            means.append(f"**{fmt(statistics.fmean(c['correct'] for c in done), 1)}**" if done else "—")
+        means.append("100" if kind == "t" else "75-93")
+    rows.append(means)
+    header = ["digit"]
+    for kind in KINDS:
+        header += [f"{kind.upper()} ours, paper's net % (IoU, centre hit)", f"{kind.upper()} ours, heatmap %",
+                   f"{kind.upper()} paper %"]
+    lines.append(markdown_table(header, rows))
+    lines.append(f"Cells finished: {len(by_key)} of {len(CELLS)}. Figures: `fig_coloc.png` (the paper's net) and "
+                 "`fig_coloc_heatmap.png` (boxes over optimisation steps, early = light, late = dark; the true frame "
+                 "dashed).\n")
     return "\n".join(lines)
 
 
-def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None) -> Path | None:
+def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None) -> list[Path]:
     from stnkit.data import find_mnist, load_mnist, make_coloc_set
 
     root = find_mnist(data_dir, download=False)
     test_x, test_y = load_mnist(root, split="test")
     train_x, _ = load_mnist(root, split="train")
-    panels = []
-    for kind in KINDS:
-        for d in (0, 3, 5, 7, 9):
-            res = finished.get(f"{kind}-{d}")
-            if res is None:
-                continue
-            s = make_coloc_set(test_x, test_y, d, kind=kind, n=res["n"], seed=0, clutter_pool=train_x)
-            panels.append((f"{kind.upper()} digit {d}", s.images[:2], res))
-    if not panels:
-        return None
-    fig = boxes_figure(panels)
-    path = out / "fig_coloc.png"
-    fig.savefig(path, dpi=90)
-    return path
+    written = []
+    for loc in LOCALIZATIONS:
+        panels = []
+        for kind in KINDS:
+            for d in (0, 3, 5, 7, 9):
+                res = finished.get(ColocCell(kind, d, loc).key)
+                if res is None:
+                    continue
+                s = make_coloc_set(test_x, test_y, d, kind=kind, n=res["n"], seed=0, clutter_pool=train_x)
+                panels.append((f"{kind.upper()} digit {d}", s.images[:2], res))
+        if panels:
+            path = out / ("fig_coloc.png" if loc == "paper" else f"fig_coloc_{loc}.png")
+            boxes_figure(panels).savefig(path, dpi=90)
+            written.append(path)
+    return written
 
 
 def boxes_figure(panels: Sequence[tuple[str, torch.Tensor, dict[str, Any]]]) -> Any:

@@ -25,6 +25,7 @@ from stnkit.data.coloc import ColocSet, random_crop_params
 from stnkit.losses import attended_box, box_iou, triplet_hinge_loss
 from stnkit.models import CNN
 from stnkit.models.coloc import AttentionWindowHead, CNNEmbedding, coloc_transformer
+from stnkit.models.localization import SoftArgmaxWindowHead
 from stnkit.sampling import warp
 from stnkit.training.callbacks import Stopwatch
 from stnkit.training.errors import NonFiniteLossError
@@ -61,6 +62,8 @@ class ColocLitModule(pl.LightningModule):
             windows shrink off their digits (53 % correct, against 74 % with the band kept to the end).
         anneal: fraction of ``steps`` over which the bounds move.
         steps: the optimisation's length (for the annealing schedule).
+        localization: ``"paper"`` (the paper's net) or ``"heatmap"`` (score map + soft-argmax); see
+            :func:`~stnkit.models.coloc.coloc_transformer`.
 
     Batches are ``(images (N, 1, S, S), boxes (N, 4))``; the boxes are used for validation only. Logs
     ``train/loss``, ``val/iou`` (mean IoU) and ``val/correct`` (% of images with IoU > 0.5); every validation
@@ -82,6 +85,7 @@ class ColocLitModule(pl.LightningModule):
         steps: int = 1000,
         start_max_scale: float | None = None,
         band: float | None = None,
+        localization: str = "paper",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder"])
@@ -107,7 +111,8 @@ class ColocLitModule(pl.LightningModule):
             if not window_range[0] < init_scale < window_range[1]:
                 raise ValueError(f"init_scale must lie within the window's bounds at step 0, ({window_range[0]:.3g}, "
                                  f"{window_range[1]:.3g}); got {init_scale}")
-        self.transformer = coloc_transformer(input_size, crop=crop, scale_range=window_range, init_scale=init_scale)
+        self.transformer = coloc_transformer(input_size, crop=crop, scale_range=window_range, init_scale=init_scale,
+                                             localization=localization)
         self.encoder = encoder
         self.encoder.requires_grad_(False)
         self._generator = torch.Generator().manual_seed(seed)
@@ -136,7 +141,7 @@ class ColocLitModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.final_max_scale is not None:  # set only with a scale range, i.e. an AttentionWindowHead
             head = self.transformer.head
-            assert isinstance(head, AttentionWindowHead)
+            assert isinstance(head, (AttentionWindowHead, SoftArgmaxWindowHead))
             head.lo, head.hi = self.scale_bounds(self.global_step)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -179,6 +184,7 @@ def fit_coloc(
     anneal: float = 0.5,
     start_max_scale: float | None = None,
     band: float | None = None,
+    localization: str = "paper",
     out: str | Path | None = None,
     progress: bool = False,
     accelerator: str = "cpu",
@@ -200,6 +206,7 @@ def fit_coloc(
         start_max_scale: where the upper bound starts (None: ``scale_range[1]``).
         band: how far below the moving upper bound the scale may go (None: down to ``scale_range[0]``);
             :class:`ColocLitModule` says why a band is needed.
+        localization: ``"paper"`` or ``"heatmap"`` (:func:`~stnkit.models.coloc.coloc_transformer`).
         out: folder for Lightning's logs (None: no logs).
         progress: show a progress bar.
         accelerator: Lightning accelerator.
@@ -215,7 +222,7 @@ def fit_coloc(
     images, boxes = coloc_set.images, coloc_set.boxes
     lit = ColocLitModule(encoder, input_size=images.shape[-1], init_scale=init_scale, scale_range=scale_range, lr=lr,
                          seed=seed, final_max_scale=final_max_scale, anneal=anneal, steps=steps,
-                         start_max_scale=start_max_scale, band=band)
+                         start_max_scale=start_max_scale, band=band, localization=localization)
     data = TensorDataset(images, boxes)
     train = DataLoader(data, batch_size=len(data), shuffle=False)
     val = DataLoader(data, batch_size=len(data), shuffle=False)
