@@ -14,7 +14,7 @@ interleaved, best of several batches).
 Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the fast CPU recipe with batch 64: 1,500 steps for the CNNs and
 6,000 for the attention models, whose steps cost 3-10x less, so that no attention model trains much longer than
 the CNN it is compared with: equal compute, not equal steps, is the comparison that matters for efficiency; the
-table states both trainings' compute per pair. About 40 minutes for the 6 cells on one core of the project's 2-core
+table states both trainings' compute per pair. About 50 minutes for the 6 cells on one core of the project's 2-core
 machine; see :data:`BUDGETS`); ``paper`` (App. A.4's SGD recipe, 150k iterations for every cell, 3 seeds).
 
 The first ``cpu`` run used the ST-CNN's fully-connected localisation net (``localization="cnn"``): fine at 60x60
