@@ -46,7 +46,8 @@ class TestColocTransformer:
         from stnkit.models.localization import SoftArgmaxWindowHead
 
         st = coloc_transformer(scale_range=(0.25, 0.5), init_scale=1 / 3, localization="heatmap")
-        assert isinstance(st.head, SoftArgmaxWindowHead) and st.head.map_size == (21, 21)
+        assert isinstance(st.head, SoftArgmaxWindowHead)
+        assert st.head.map_size == (21, 21)
         x = torch.zeros(1, 1, 84, 84)
         x[..., 28:56, 28:56] = torch.rand(28, 28)
         with torch.no_grad():

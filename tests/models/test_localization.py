@@ -60,7 +60,8 @@ class TestSoftArgmaxWindowHead:
         scores = torch.randn(2, 12, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(head, (scores,))
         head(scores).sum().backward()
-        assert head.scale_logit.grad is not None and head.scale_logit.grad.abs() > 0
+        assert head.scale_logit.grad is not None
+        assert head.scale_logit.grad.abs() > 0
 
     def test_scale_stays_in_range_and_follows_changed_bounds(self):
         head = SoftArgmaxWindowHead((2, 2), 4, 8, (0.2, 0.6), 0.4)
@@ -96,7 +97,8 @@ class TestHeatmapLocalization:
         assert scores.shape == (2, 1, *map_size)
         assert torch.all(scores == 0)  # zero-initialised score layer: the soft-argmax starts at the centre
         convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-        assert convs[0].in_channels == 1 and convs[-1].out_channels == 1
+        assert convs[0].in_channels == 1
+        assert convs[-1].out_channels == 1
 
     def test_head_learns_to_point_at_a_blob(self):
         # the net + head, trained to put the window's centre on a bright blob, end within a map cell of it
@@ -125,4 +127,5 @@ class TestHeatmapLocalization:
             loss.backward()
             opt.step()
         end = error()
-        assert end < 0.25 * start and end < 2 * stride / 32
+        assert end < 0.25 * start
+        assert end < 2 * stride / 32

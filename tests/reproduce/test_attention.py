@@ -86,7 +86,8 @@ def test_cpu_budget_states_its_localisation_lr_and_design():
     assert (recipe["loc_lr_scale"], recipe["steps"], recipe["st_steps"], recipe["batch_size"]) == (1.0, 1500, 6000, 64)
     md = attention.render_markdown({"budget": "cpu", "recipe": recipe, "channels": attention.CHANNELS, "cells": []})
     assert "localisation lr x1." in md
-    assert "soft-argmax" in md and "fc-localisation/" in md
+    assert "soft-argmax" in md
+    assert "fc-localisation/" in md
 
 
 def test_efficiency_check_states_the_training_compute_at_the_timed_costs():

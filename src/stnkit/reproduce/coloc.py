@@ -212,7 +212,8 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines = [
         "# Co-localisation reproduction (App. A.2): % of images localised (IoU > 0.5)\n",
         f"Budget **{table['budget']}**: per digit class, {table['n']} test images; an attention transformer "
-        f"(with the paper's net kept inside the image; the window starts as the whole image and zooms in, its scale held within "
+        f"(with the paper's net kept inside the image; the window starts as the whole image and zooms in, its "
+        f"scale held within "
         f"{w['band']} below an upper bound moving from {w['start_max_scale']} to {w['final_max_scale']} over the "
         f"first {w['anneal']:.0%} of the steps: with a free scale the windows of thin digits shrank onto empty "
         f"background, and the loss alone lets them grow; see `stnkit.reproduce.coloc.WINDOW`) trained "
