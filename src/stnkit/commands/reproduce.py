@@ -21,7 +21,7 @@ DESCRIPTION = (
 #: experiment name -> module of stnkit.reproduce with ``run(out, budget, cells, seeds, data_dir, progress, ...)``
 EXPERIMENTS = {
     "table1": "Table 1: distorted MNIST (R, RTS, P, E, TC), FCN/CNN/ST-FCN/ST-CNN",
-    "coloc": "App. A.2: co-localisation of digits with a triplet loss (T and TC, per digit)",
+    "coloc": "App. A.2: co-localisation of digits with a triplet loss (T and TC, per digit, two loc. nets)",
     "attention": "attention for efficiency: an ST crop + small CNN vs a CNN on the full TC input (error and time)",
     "addition": "App. A.1: MNIST addition, FCN/CNN/ST-FCN/2xST-FCN",
     "mnist3d": "App. A.3: 3-D MNIST, a 3-D transformer + projection vs a fixed projection",
