@@ -49,8 +49,14 @@ class TestSTCNNAttention:
         with pytest.raises(ValueError, match="unknown localization 'fc'"):
             create("st-cnn-attention", input_size=60, localization="fc")
         with pytest.raises(ValueError, match="heatmap localisation places an attention window"):
-            create("st-cnn-attention", input_size=60, transform="affine")
-        assert create("st-cnn-attention", input_size=60, transform="affine", localization="cnn") is not None
+            create("st-cnn-attention", input_size=60, transform="affine", localization="heatmap")
+        with pytest.raises(ValueError, match="bound applies to the 'cnn' localisation"):
+            create("st-cnn-attention", input_size=60, bound=0.5)
+        # "auto": the heatmap for the attention transform, the ST-CNN net for any other
+        assert isinstance(create("st-cnn-attention", input_size=60).transformer.head, SoftArgmaxWindowHead)
+        affine = create("st-cnn-attention", input_size=60, transform="affine")
+        assert affine.transformer.transform.name == "affine"
+        assert not isinstance(affine.transformer.head, SoftArgmaxWindowHead)
 
     @pytest.mark.parametrize("localization", ["heatmap", "cnn"])
     def test_cheaper_than_the_full_resolution_cnn(self, localization):

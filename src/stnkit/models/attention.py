@@ -5,13 +5,13 @@ whose output is smaller than its input lets the classifier run at the crop's res
 than one on the full input. The classifier is the Table 1 CNN on the crop. Two localisation designs, both on a
 ~30x30 version of the input (an average pool first: the localisation never costs full resolution):
 
-- ``"heatmap"`` (default): a fully-convolutional score map whose soft-argmax is the window's centre, one learned
-  scale (:func:`~stnkit.models.localization.heatmap_localization`,
+- ``"heatmap"`` (the default for the ``"attention"`` transform): a fully-convolutional score map whose
+  soft-argmax is the window's centre, one learned scale (:func:`~stnkit.models.localization.heatmap_localization`,
   :class:`~stnkit.models.localization.SoftArgmaxWindowHead`).
-- ``"cnn"``: the ST-CNN localisation net (conv, pool, conv, FC) regressing (s, tx, ty) from fully-connected
-  features, as in the paper's distorted-MNIST models. On TC digits in a 120x120 canvas it failed: its units died
-  within 500-1,000 steps, leaving one fixed crop for every image (``results/attention/fc-localisation``), and a
-  window made to zoom in from the whole image did not train either.
+- ``"cnn"`` (the default for other transforms): the ST-CNN localisation net (conv, pool, conv, FC) regressing the
+  transform's parameters from fully-connected features, as in the paper's distorted-MNIST models. On TC digits in
+  a 120x120 canvas it failed: its units died within 500-1,000 steps, leaving one fixed crop for every image
+  (``results/attention/fc-localisation``), and a window made to zoom in from the whole image did not train either.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from stnkit.modules import SpatialTransformer
 __all__ = ["LOCALIZATIONS", "LOC_SIZE", "SCALE_RANGE"]
 
 LOC_SIZE = 60  # the localisation net's input is pooled to about this size (then halved inside the ST-CNN net)
-LOCALIZATIONS = ("heatmap", "cnn")
+LOCALIZATIONS = ("auto", "heatmap", "cnn")
 #: The heatmap window's scale range, as fractions of the crop's own share of the input (crop / input side): from
 #: a crop at the input's resolution to 2.5x that (a 28x28 digit needs 0.23 of a 120x120 input).
 SCALE_RANGE = (1.0, 2.5)
@@ -50,7 +50,7 @@ def st_cnn_attention(
     input_size: int | Sequence[int] = 120, in_channels: int = 1, num_classes: int = 10, crop: int = 30,
     transform: str = "attention", st_downsample: str | None = None, param_budget: int = DEFAULT_PARAM_BUDGET,
     loc_lr_scale: float = 1.0, bound: float | None = None, channels: Sequence[int] | None = None,
-    localization: str = "heatmap", scale_range: tuple[float, float] | None = None, init_scale: float | None = None,
+    localization: str = "auto", scale_range: tuple[float, float] | None = None, init_scale: float | None = None,
 ) -> STClassifier:
     """Attention ST-CNN: a ``crop`` x ``crop`` window of the input, chosen by a low-resolution localisation net.
 
@@ -66,8 +66,9 @@ def st_cnn_attention(
         loc_lr_scale: learning-rate multiplier of the localisation net.
         bound: optional bound of the parameters around the identity (``"cnn"`` localisation only).
         channels: the classifier's two conv widths, e.g. the full-resolution CNN's, for a like-for-like comparison.
-        localization: ``"heatmap"`` (score map + soft-argmax: the window's centre; one learned scale) or ``"cnn"``
-            (the ST-CNN net regressing the transform, identity-initialised: the whole input at first).
+        localization: ``"heatmap"`` (score map + soft-argmax: the window's centre; one learned scale; attention
+            transform only), ``"cnn"`` (the ST-CNN net regressing the transform, identity-initialised: the whole
+            input at first) or ``"auto"``: ``"heatmap"`` for the attention transform, else ``"cnn"``.
         scale_range: (lo, hi) of the heatmap window's scale (its side over the input's); default
             :data:`SCALE_RANGE` times ``crop / input side``, capped at 1.
         init_scale: the heatmap window's initial scale; default the middle of ``scale_range``.
@@ -87,10 +88,15 @@ def st_cnn_attention(
         raise ValueError(f"unknown localization {localization!r}; expected one of {', '.join(LOCALIZATIONS)}")
     ch, cw = normalize_size(crop, 2, "crop")
     out_size, cls_size = _st_sizes((ch, cw), st_downsample)
+    if localization == "auto":
+        localization = "heatmap" if t.name == "attention" else "cnn"
     if localization == "heatmap":
         if t.name != "attention":
-            raise ValueError(f"the heatmap localisation places an attention window; got transform {t.name!r} (use "
-                             f"localization='cnn' for other transforms)")
+            raise ValueError(f"the heatmap localisation places an attention window (transform 'attention'); got "
+                             f"transform {t.name!r}: use localization='cnn' for other transforms")
+        if bound is not None:
+            raise ValueError("bound applies to the 'cnn' localisation's regression; the heatmap window is bounded "
+                             "by its scale_range and the map")
         share = max(ch / h, cw / w)
         lo, hi = scale_range or (min(SCALE_RANGE[0] * share, 0.99), min(SCALE_RANGE[1] * share, 1.0))
         loc, map_size, stride = heatmap_localization(size, in_channels)
