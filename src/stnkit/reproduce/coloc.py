@@ -212,12 +212,11 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines = [
         "# Co-localisation reproduction (App. A.2): % of images localised (IoU > 0.5)\n",
         f"Budget **{table['budget']}**: per digit class, {table['n']} test images; an attention transformer "
-        f"(with the paper's net kept inside the image; the window starts as the whole image and zooms in, its "
-        f"scale held within "
-        f"{w['band']} below an upper bound moving from {w['start_max_scale']} to {w['final_max_scale']} over the "
-        f"first {w['anneal']:.0%} of the steps: with a free scale the windows of thin digits shrank onto empty "
-        f"background, and the loss alone lets them grow; see `stnkit.reproduce.coloc.WINDOW`) trained "
-        f"for {table['steps']} full-batch "
+        f"(its window starts as the whole image and zooms in, its scale held within {w['band']} below an upper "
+        f"bound moving from {w['start_max_scale']} to {w['final_max_scale']} over the first {w['anneal']:.0%} of "
+        "the steps: with a free scale the windows of thin digits shrank onto empty background, and the loss alone "
+        "lets them grow; see `stnkit.reproduce.coloc.WINDOW`; the paper's net keeps the window inside the image) "
+        f"trained for {table['steps']} full-batch "
         f"Adam steps (lr {table['lr']}) with the triplet hinge loss (margin 1) on a frozen Table 1 CNN "
         f"(encoder recipe `{table['encoder']['recipe']}`"
         + (f", {enc:.2f} % MNIST test error" if enc is not None else "") + "; embedding: its three layers' "
