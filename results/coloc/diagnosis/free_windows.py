@@ -63,7 +63,7 @@ def main() -> None:
     steps, n = budget["steps"], budget["n"]
     lines = []
     for name in args.sets:
-        kind, digit = name.split("-")
+        kind, digit = name.split("-")[:2]  # t-5, or t-5-heatmap
         s = make_coloc_set(test_x, test_y, int(digit), kind=kind, n=n, seed=0, clutter_pool=train_x)
         z = torch.zeros(n, 3, requires_grad=True)
         opt = torch.optim.Adam([z], lr=budget["lr"])

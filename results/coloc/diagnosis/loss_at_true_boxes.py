@@ -66,7 +66,7 @@ def main() -> None:
             "mean offset (x, y) px | offset std (x, y) px |", "|---|---|---|---|---|---|---|"]
     for cell in sorted(p for p in CELLS.iterdir() if p.name != "encoder" and (p / "result.json").exists()):
         res = json.loads((cell / "s0" / "result.json").read_text())
-        kind, digit = cell.name.split("-")
+        kind, digit = cell.name.split("-")[:2]  # t-5, or t-5-heatmap
         s = make_coloc_set(test_x, test_y, int(digit), kind=kind, n=len(res["boxes"]), seed=0, clutter_pool=train_x)
         learned_boxes = torch.tensor(res["boxes"], dtype=torch.float32)
         learned, true = box_params(learned_boxes), box_params(s.boxes.float())

@@ -83,7 +83,7 @@ def main() -> None:
             "loss: after the search |", "|---|---|---|---|---|"]
     for name in names:
         res = json.loads((CELLS / name / "s0" / "result.json").read_text())
-        kind, digit = name.split("-")
+        kind, digit = name.split("-")[:2]  # t-5, or t-5-heatmap
         s = make_coloc_set(test_x, test_y, int(digit), kind=kind, n=len(res["boxes"]), seed=0,
                            clutter_pool=train_x)
         start = box_params(torch.tensor(res["boxes"], dtype=torch.float32))
