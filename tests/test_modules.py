@@ -130,6 +130,17 @@ class TestSpatialTransformer:
             SpatialTransformer(loc_net(), mode="area")
         with pytest.raises(ValueError, match="output_size entries must be positive"):
             SpatialTransformer(loc_net(), output_size=(0, 3))
+        with pytest.raises(ValueError, match="leave them unset when passing head="):
+            SpatialTransformer(loc_net(), head=nn.Linear(12, 6), bound=0.5)
+
+    def test_custom_head(self):
+        head = nn.Linear(12, 6)
+        st = SpatialTransformer(loc_net(), "affine", head=head)
+        assert st.head is head
+        x = torch.rand(3, 1, 16, 16)
+        _, params = st(x, return_params=True)
+        assert torch.allclose(params, head(st.localization(x).flatten(1)))
+        assert {id(p) for p in head.parameters()} <= {id(p) for p in st.localization_parameters()}
 
 
 class TestParamGroups:

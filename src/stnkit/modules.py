@@ -94,13 +94,18 @@ class SpatialTransformer(nn.Module):
 
     Args:
         localization: any module mapping the input (N, C, H, W) (or a 5-D volume) to features (N, F) (higher-rank
-            outputs are flattened). The regression layer to the transform's parameters is added here.
+            outputs are flattened). The regression layer to the transform's parameters is added here (unless
+            ``head`` is given).
         transform: transform name (see :func:`stnkit.transforms.get`) or instance.
         output_size: (H_out, W_out) (3-D: (D_out, H_out, W_out)), an int for square, or None for the input size.
         in_features: F; None infers it on the first forward pass.
         bound: optional bound of the parameters around the identity (tanh); guards against collapse.
         loc_lr_scale: multiplier of the learning rate for the localisation net and head, used by
             :func:`param_groups` (the paper's models train better with a lower localisation rate).
+        head: a module mapping the flattened features (N, F) to the parameters (N, P), replacing the
+            identity-initialised :class:`LocalizationHead` (e.g.
+            :class:`~stnkit.models.localization.SoftArgmaxWindowHead`); ``in_features`` and ``bound`` are then
+            the head's own business and must be left unset.
         mode: sampling kernel ``"bilinear"`` | ``"nearest"`` | ``"bicubic"``.
         padding_mode: ``"zeros"`` | ``"border"`` | ``"reflection"``.
         align_corners: frame convention (default False, as torch).
@@ -128,6 +133,7 @@ class SpatialTransformer(nn.Module):
         in_features: int | None = None,
         bound: float | None = None,
         loc_lr_scale: float = 1.0,
+        head: nn.Module | None = None,
         mode: str = "bilinear",
         padding_mode: str = "zeros",
         align_corners: bool = False,
@@ -138,8 +144,11 @@ class SpatialTransformer(nn.Module):
         _check_options(mode, padding_mode, d)
         if loc_lr_scale < 0:
             raise ValueError(f"loc_lr_scale must be >= 0; got {loc_lr_scale}")
+        if head is not None and (in_features is not None or bound is not None):
+            raise ValueError("in_features and bound configure the default LocalizationHead; leave them unset when "
+                             "passing head=")
         self.localization = localization
-        self.head = LocalizationHead(self.transform.identity(), in_features, bound)
+        self.head = LocalizationHead(self.transform.identity(), in_features, bound) if head is None else head
         self.output_size = None if output_size is None else normalize_size(output_size, d)
         self.loc_lr_scale = float(loc_lr_scale)
         self.mode, self.padding_mode, self.align_corners = mode, padding_mode, bool(align_corners)

@@ -100,9 +100,9 @@ def st_cnn_attention(
         share = max(ch / h, cw / w)
         lo, hi = scale_range or (min(SCALE_RANGE[0] * share, 0.99), min(SCALE_RANGE[1] * share, 1.0))
         loc, map_size, stride = heatmap_localization(size, in_channels)
-        st = SpatialTransformer(loc, t, output_size=out_size, loc_lr_scale=loc_lr_scale)
-        st.head = SoftArgmaxWindowHead(map_size, stride, size, (lo, hi), (lo + hi) / 2 if init_scale is None
-                                       else init_scale)
+        head = SoftArgmaxWindowHead(map_size, stride, size, (lo, hi), (lo + hi) / 2 if init_scale is None
+                                    else init_scale)
+        st = SpatialTransformer(loc, t, output_size=out_size, loc_lr_scale=loc_lr_scale, head=head)
         loc_params = sum(p.numel() for p in st.localization_parameters())
     else:
         pool = _loc_pool(size)

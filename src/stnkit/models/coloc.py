@@ -127,9 +127,8 @@ def coloc_transformer(input_size: int | Sequence[int] = 84, in_channels: int = 1
         if scale_range is None:
             raise ValueError("the heatmap localisation needs a scale_range (its window's scale is bounded)")
         loc, map_size, stride = heatmap_localization(input_size, in_channels)
-        st = SpatialTransformer(loc, "attention", output_size=crop)
-        st.head = SoftArgmaxWindowHead(map_size, stride, input_size, scale_range, init_scale)
-        return st
+        head = SoftArgmaxWindowHead(map_size, stride, input_size, scale_range, init_scale)
+        return SpatialTransformer(loc, "attention", output_size=crop, head=head)
     loc, feat = coloc_localization(input_size, in_channels)
     st = SpatialTransformer(loc, "attention", output_size=crop, in_features=feat)
     if scale_range is not None:
