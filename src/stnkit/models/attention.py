@@ -26,7 +26,6 @@ from stnkit.models._registry import register_model
 from stnkit.models.localization import (
     SoftArgmaxWindowHead,
     cnn_localization,
-    cnn_localization_params,
     heatmap_localization,
 )
 from stnkit.models.mnist import CNN, DEFAULT_PARAM_BUDGET, STClassifier, _cnn_channels, _st_sizes
@@ -103,7 +102,6 @@ def st_cnn_attention(
         head = SoftArgmaxWindowHead(map_size, stride, size, (lo, hi), (lo + hi) / 2 if init_scale is None
                                     else init_scale)
         st = SpatialTransformer(loc, t, output_size=out_size, loc_lr_scale=loc_lr_scale, head=head)
-        loc_params = sum(p.numel() for p in st.localization_parameters())
     else:
         pool = _loc_pool(size)
         pooled = (size[0] // pool, size[1] // pool)
@@ -112,7 +110,6 @@ def st_cnn_attention(
             loc = nn.Sequential(nn.AvgPool2d(pool), loc)  # (N, C, H/pool, W/pool) first: the net never sees full res
         st = SpatialTransformer(loc, t, output_size=out_size, in_features=feat, bound=bound,
                                 loc_lr_scale=loc_lr_scale)
-        loc_params = cnn_localization_params(pooled, in_channels) + (feat + 1) * t.num_params
-    budget = param_budget - loc_params
+    budget = param_budget - sum(p.numel() for p in st.localization_parameters())  # localisation net and head
     channels = channels or _cnn_channels((in_channels, *cls_size), num_classes, budget)
     return STClassifier(st, CNN(cls_size, in_channels, num_classes, channels), avgpool=st_downsample == "avgpool")

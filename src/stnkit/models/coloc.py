@@ -8,7 +8,6 @@ its three layers (the two conv layers after ReLU and max-pool, and the classific
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stnkit._checks import normalize_size
-from stnkit.models.localization import SoftArgmaxWindowHead, heatmap_localization
+from stnkit.models.localization import SoftArgmaxWindowHead, bounded_logit, heatmap_localization
 from stnkit.models.mnist import CNN
 from stnkit.modules import LocalizationHead, SpatialTransformer
 
@@ -79,8 +78,7 @@ class AttentionWindowHead(LocalizationHead):
         if not 0 < lo < hi <= 1 or not lo < init_scale < hi:
             raise ValueError(f"need 0 < lo < init_scale < hi <= 1; got scale_range {scale_range}, init_scale "
                              f"{init_scale}")
-        u = (init_scale - lo) / (hi - lo)
-        super().__init__(torch.tensor([math.log(u / (1 - u)), 0.0, 0.0]), in_features)  # z whose s = init_scale
+        super().__init__(torch.tensor([bounded_logit(init_scale, lo, hi), 0.0, 0.0]), in_features)  # s = init_scale
         self.lo, self.hi = lo, hi
 
     def forward(self, features: Tensor) -> Tensor:

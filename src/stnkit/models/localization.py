@@ -19,6 +19,7 @@ from stnkit._checks import normalize_size
 
 __all__ = [
     "SoftArgmaxWindowHead",
+    "bounded_logit",
     "cnn_localization",
     "cnn_localization_params",
     "fcn_localization",
@@ -205,8 +206,7 @@ class SoftArgmaxWindowHead(nn.Module):
         self.lo, self.hi, self.align_corners = lo, hi, bool(align_corners)
         self.register_buffer("centres_x", _cell_centres(w, stride, iw, align_corners), persistent=False)
         self.register_buffer("centres_y", _cell_centres(h, stride, ih, align_corners), persistent=False)
-        u = (init_scale - lo) / (hi - lo)
-        self.scale_logit = nn.Parameter(torch.tensor(math.log(u / (1 - u))))
+        self.scale_logit = nn.Parameter(torch.tensor(bounded_logit(init_scale, lo, hi)))
 
     def forward(self, features: Tensor) -> Tensor:
         """Window parameters (N, 3) from flattened scores (N, h * w)."""
@@ -226,6 +226,12 @@ class SoftArgmaxWindowHead(nn.Module):
     def extra_repr(self) -> str:
         return (f"map_size={self.map_size}, stride={self.stride}, input_size={self.input_size}, "
                 f"scale_range=({self.lo}, {self.hi})")
+
+
+def bounded_logit(value: float, lo: float, hi: float) -> float:
+    """The z with ``lo + (hi - lo) * sigmoid(z) == value``: the initial logit of a bounded window scale."""
+    u = (value - lo) / (hi - lo)
+    return math.log(u / (1 - u))
 
 
 def _cell_centres(cells: int, stride: int, size: int, align_corners: bool) -> Tensor:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from stnkit.models.coloc import LOCALIZATIONS
 from stnkit.reproduce.cells import check_budget, claim, select, train_or_resume
 from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table, provenance
 
@@ -53,7 +54,6 @@ class ColocCell:
         return f"{self.kind}-{self.digit}" + ("" if self.localization == "paper" else f"-{self.localization}")
 
 
-LOCALIZATIONS = ("paper", "heatmap")
 CELLS = [ColocCell(k, d, loc) for loc in LOCALIZATIONS for k in KINDS for d in range(10)]
 
 #: The attention window's schedule (:class:`stnkit.training.coloc.ColocLitModule`): the window starts as the whole

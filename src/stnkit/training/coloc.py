@@ -139,7 +139,7 @@ class ColocLitModule(pl.LightningModule):
         return self.scale_bounds(step)[1]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.final_max_scale is not None:  # set only with a scale range, i.e. an AttentionWindowHead
+        if self.final_max_scale is not None:  # set only with a scale range, i.e. a window head with lo/hi bounds
             head = self.transformer.head
             assert isinstance(head, (AttentionWindowHead, SoftArgmaxWindowHead))
             head.lo, head.hi = self.scale_bounds(self.global_step)
