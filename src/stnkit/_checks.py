@@ -59,12 +59,29 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(repr(c) for c in choices)}")
 
 
+#: Most points a size may hold (``prod(size)``): the int32 index limit of grid kernels. A grid of that many points
+#: is 16 GiB in float32 per sample already, so a larger ``output_size`` is a typo, refused before allocating.
+MAX_SIZE_NUMEL = 2**31 - 1
+
+
 def normalize_size(size: int | Sequence[int], ndim: int, name: str = "output_size") -> tuple[int, ...]:
-    """Turn ``size`` into a tuple of ``ndim`` positive ints (an int is repeated).
+    """Turn ``size`` into a tuple of ``ndim`` positive ints (an int is repeated), at most ``MAX_SIZE_NUMEL`` points.
+
+    Args:
+        size: an int (square/cube) or a sequence of ``ndim`` ints (``torch.Size``, numpy or symbolic ints too).
+        ndim: the number of spatial dimensions, 2 or 3.
+        name: the argument's name in error messages.
+
+    Returns:
+        The size as a tuple of ``ndim`` Python ints.
 
     Raises:
-        ValueError: wrong length or a non-positive entry.
+        ValueError: wrong length, a non-positive entry, or more than ``MAX_SIZE_NUMEL`` points in all.
         TypeError: entries that are not integers.
+
+    Example:
+        >>> normalize_size(4, 2), normalize_size((2, 3, 4), 3)
+        ((4, 4), (2, 3, 4))
     """
     if isinstance(size, torch.Size):
         size = tuple(size)
@@ -84,4 +101,10 @@ def normalize_size(size: int | Sequence[int], ndim: int, name: str = "output_siz
         if s <= 0:
             raise ValueError(f"{name} entries must be positive; got {tuple(size)!r}")
         out.append(s)
+    numel = 1
+    for s in out:
+        numel *= s
+    if isinstance(numel, int) and numel > MAX_SIZE_NUMEL:  # symbolic sizes (torch.export) are not bounded here
+        raise ValueError(f"{name} {tuple(out)!r} has {numel:,} points, more than the limit of {MAX_SIZE_NUMEL:,} "
+                         f"(2**31 - 1) per sample; it would need {8 * numel / 2**30:.0f} GiB for its float32 grid")
     return tuple(out)

@@ -17,8 +17,8 @@ from torch.nn.parameter import UninitializedParameter
 
 from stnkit import transforms as _transforms
 from stnkit._checks import check_choice, check_float, check_tensor, normalize_size, shape_str
-from stnkit.sampling import _check_options, _sample, _warp
-from stnkit.transforms.base import MatrixTransform, Transform
+from stnkit.sampling import check_options, warp_checked
+from stnkit.transforms.base import MatrixTransform, Transform, no_autocast
 
 __all__ = [
     "LocalizationHead",
@@ -34,6 +34,8 @@ class LocalizationHead(LazyModuleMixin, nn.Module):
 
     Initialised to zero weights and the transform's identity as bias, so at initialisation every input is mapped
     to the identity transform (Jaderberg et al. 2015). With ``in_features=None`` F is inferred on the first call.
+    Under autocast the regression runs in float32 (features cast up), so the parameters are not quantised to
+    bfloat16/float16 (a bfloat16 theta moves a warp's output by up to 5e-2).
 
     Args:
         identity: identity parameters of the transform, shape (P,).
@@ -76,9 +78,14 @@ class LocalizationHead(LazyModuleMixin, nn.Module):
                 cast(UninitializedParameter, self.weight).materialize((self.identity.numel(), features.shape[-1]))
                 self.reset_parameters()
 
+    def regress(self, features: Tensor) -> Tensor:
+        """Return the linear output (N, P) of features (N, F), in the weights' dtype also under autocast."""
+        with no_autocast(features.device):
+            return F.linear(features.to(self.weight.dtype), self.weight, self.bias)  # (N, P)
+
     def forward(self, features: Tensor) -> Tensor:
         """Regress parameters (N, P) from features (N, F)."""
-        z = F.linear(features, self.weight, self.bias)  # (N, P)
+        z = self.regress(features)  # (N, P)
         if self.bound is None:
             return z
         ident = self.identity.to(z.dtype)
@@ -107,8 +114,13 @@ class SpatialTransformer(nn.Module):
             :class:`~stnkit.models.localization.SoftArgmaxWindowHead`); ``in_features`` and ``bound`` are then
             the head's own business and must be left unset.
         mode: sampling kernel ``"bilinear"`` | ``"nearest"`` | ``"bicubic"``.
-        padding_mode: ``"zeros"`` | ``"border"`` | ``"reflection"``.
+        padding_mode: ``"zeros"`` | ``"border"`` | ``"reflection"`` | ``"fill"``. With normalised inputs zero is
+            the mean colour, not the background, so zero padding shows a zoomed-out transformer grey borders
+            (pytorch/tutorials#1117); ``"fill"`` pads with ``fill_value`` (e.g. the normalised background).
         align_corners: frame convention (default False, as torch).
+        fill_value: the padding colour of ``padding_mode="fill"``: a number or a tensor (C,) per channel (kept as
+            a buffer; an ``nn.Parameter`` is learnt).
+        antialias: average each output pixel's footprint when the warp downsamples (see :func:`stnkit.warp`).
 
     Shapes:
         input (N, C, H, W) -> output (N, C, H_out, W_out); with ``Affine3D``, (N, C, D, H, W) -> (N, C, D_out, H_out,
@@ -137,11 +149,13 @@ class SpatialTransformer(nn.Module):
         mode: str = "bilinear",
         padding_mode: str = "zeros",
         align_corners: bool = False,
+        fill_value: float | Tensor | None = None,
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         self.transform = _transforms.get(transform)
         d = self.transform.spatial_dims
-        _check_options(mode, padding_mode, d)
+        check_options(mode, padding_mode, d, fill_value)
         if loc_lr_scale < 0:
             raise ValueError(f"loc_lr_scale must be >= 0; got {loc_lr_scale}")
         if head is not None and (in_features is not None or bound is not None):
@@ -152,17 +166,35 @@ class SpatialTransformer(nn.Module):
         self.output_size = None if output_size is None else normalize_size(output_size, d)
         self.loc_lr_scale = float(loc_lr_scale)
         self.mode, self.padding_mode, self.align_corners = mode, padding_mode, bool(align_corners)
+        self.antialias = bool(antialias)
+        self.fill_value: float | Tensor | None
+        if isinstance(fill_value, nn.Parameter):
+            self.fill_value = fill_value
+        elif isinstance(fill_value, Tensor):
+            self.register_buffer("fill_value", fill_value.detach().clone(), persistent=False)
+        else:
+            self.fill_value = None if fill_value is None else float(fill_value)
 
     def predict_params(self, x: Tensor) -> Tensor:
         """Return the transformation parameters (N, P) the localisation net regresses from ``x``."""
         features = self.localization(x)
         return self.head(features.flatten(1))  # (N, P)
 
-    def warp(self, x: Tensor, params: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
-        """Warp ``x`` (N, C, *spatial) with given parameters (N, P) at ``output_size`` (default the layer's)."""
-        size = output_size or self.output_size or tuple(x.shape[2:])
-        # fused grid + sampler where it applies (CPU affine/projective), else grid + F.grid_sample
-        return _warp(x, self.transform, params, tuple(size), self.mode, self.padding_mode, self.align_corners)
+    def warp(self, x: Tensor, params: Tensor, output_size: int | Sequence[int] | None = None) -> Tensor:
+        """Warp ``x`` (N, C, *spatial) with given parameters (N, P) (or (1, P) for all) at ``output_size``.
+
+        ``output_size`` defaults to the layer's, then to the input's size; it is validated as in :func:`stnkit.warp`.
+        """
+        size = None if output_size is None else normalize_size(output_size, self.transform.spatial_dims)
+        params = self.transform.check_params(params)
+        if params.shape[0] == 1 and x.shape[0] != 1:
+            params = params.expand(x.shape[0], -1)  # one transform for every input
+        return self._warp(x, params, size)
+
+    def _warp(self, x: Tensor, params: Tensor, size: tuple[int, ...] | None) -> Tensor:
+        size = size or self.output_size or tuple(x.shape[2:])  # self.output_size was validated at construction
+        return warp_checked(x, self.transform, params, size, self.mode, self.padding_mode, self.align_corners,
+                            fill_value=self.fill_value, antialias=self.antialias)
 
     def forward(self, x: Tensor, return_params: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Warp ``x`` by the transform the localisation net predicts from it.
@@ -176,7 +208,7 @@ class SpatialTransformer(nn.Module):
         """
         self._check_input(x)
         params = self.predict_params(x)
-        out = self.warp(x, params)
+        out = self._warp(x, params, None)
         return (out, params) if return_params else out
 
     def _check_input(self, x: Tensor) -> None:
@@ -194,8 +226,10 @@ class SpatialTransformer(nn.Module):
         yield from self.head.parameters()
 
     def extra_repr(self) -> str:
+        fill = "" if self.padding_mode != "fill" else f", fill_value={self.fill_value}"
         return (f"output_size={self.output_size}, loc_lr_scale={self.loc_lr_scale}, mode={self.mode!r}, "
-                f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}")
+                f"padding_mode={self.padding_mode!r}{fill}, align_corners={self.align_corners}, "
+                f"antialias={self.antialias}")
 
 
 class ParallelSpatialTransformers(nn.Module):
@@ -284,8 +318,8 @@ class SerialSpatialTransformers(nn.Module):
             m = cast(MatrixTransform, st.transform).to_matrix(p)  # (N, d+1, d+1): stage input <- stage output
             total = m if total is None else total @ m  # input <- this stage's output
             size = st.output_size or size
-            grid = self.composed.grid(self.composed.from_matrix(total), size, st.align_corners)
-            cur = _sample(x, grid, st.mode, st.padding_mode, st.align_corners)  # always sampled from x itself
+            cur = warp_checked(x, self.composed, self.composed.from_matrix(total), size, st.mode, st.padding_mode,
+                               st.align_corners, fill_value=st.fill_value, antialias=st.antialias)  # always from x
         return (cur, params) if return_params else cur
 
 

@@ -27,7 +27,13 @@ def grid_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Return a context that disables autocast on ``device`` if it is enabled (grids stay float32)."""
+    """Return a context that disables autocast on ``device`` if it is enabled (grids stay float32).
+
+    Devices without autocast (``meta``, for shape propagation) get a no-op context.
+    """
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if available is not None and not available(device.type):
+        return contextlib.nullcontext()
     try:
         enabled = torch.is_autocast_enabled(device.type)
     except TypeError:  # torch < 2.4 has no device argument

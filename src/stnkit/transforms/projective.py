@@ -22,9 +22,10 @@ PERSPECTIVE_EPS = 1e-6
 
 
 def _divide(num: Tensor, w: Tensor) -> Tensor:
-    # |w| clamped to PERSPECTIVE_EPS with its sign kept (w = 0 counts as positive): finite values and gradients
-    w_safe = torch.copysign(w.abs().clamp_min(PERSPECTIVE_EPS), w)
-    return num / w_safe
+    # |w| clamped to PERSPECTIVE_EPS with its sign kept (w = 0, also -0.0, counts as positive): finite values and
+    # gradients; torch.where rather than copysign, which neither ONNX exporter translates
+    w_abs = w.abs().clamp_min(PERSPECTIVE_EPS)
+    return num / torch.where(w < 0, -w_abs, w_abs)
 
 
 class Projective(MatrixTransform):

@@ -9,6 +9,7 @@ output basis with that inverse is cached per output size, so a grid costs one ba
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import cast
 
@@ -64,6 +65,9 @@ def _check_control_points(control_points: Tensor) -> Tensor:
     if control_points.ndim != 2 or control_points.shape[1] != 2 or control_points.shape[0] < 3:
         raise ValueError(f"control_points must have shape (K, 2) with K >= 3; got {shape_str(control_points)}")
     cp = control_points.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(cp).all()):  # construction-time check, never per forward
+        bad = int((~torch.isfinite(cp)).any(1).nonzero()[0, 0])
+        raise ValueError(f"control_points must be finite; point {bad} is {cp[bad].tolist()}")
     dist = torch.cdist(cp, cp) + torch.eye(len(cp), dtype=torch.float64) * 1e9  # (K, K), diagonal masked
     if dist.min() < 1e-6:
         i, j = divmod(int(dist.argmin()), len(cp))
@@ -136,41 +140,50 @@ class ThinPlateSpline(Transform):
         return self.control_points.reshape(-1)
 
     def basis(
-        self, output_size: Sequence[int], align_corners: bool = False, dtype: torch.dtype = torch.float32
+        self, output_size: Sequence[int], align_corners: bool = False, dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Return the cached ``(base, M)`` for an output size: grid = base + M @ (params - identity).
+
+        The cache holds ordinary tensors even when first filled under ``torch.inference_mode()``, so a transformer
+        used for inference first can be trained afterwards.
 
         Args:
             output_size: (H_out, W_out).
             align_corners: frame convention.
             dtype: dtype of the returned tensors.
+            device: device of the returned tensors (default the control points'); the parameters' device when
+                called by :meth:`grid`, so a transform on another device than its inputs (or on ``meta``) works.
 
         Returns:
             ``base`` of shape (1, H_out, W_out, 2), the identity grid; ``M`` of shape (H_out * W_out, K), the output
             basis times the inverse system (computed in float64, then cast).
         """
         h, w = output_size
-        key = (h, w, bool(align_corners), self.control_points.device, dtype)
+        device = self.control_points.device if device is None else torch.device(device)
+        key = (h, w, bool(align_corners), device, dtype)
         if _is_compiling():  # traced graphs compute it inline (constant-folded), no Python-side cache
-            return self._compute_basis(h, w, align_corners, dtype)
+            return self._compute_basis(h, w, align_corners, dtype, device)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-            hit = self._cache[key] = self._compute_basis(h, w, align_corners, dtype)
+            hit = self._cache[key] = self._compute_basis(h, w, align_corners, dtype, device)
         return cast("tuple[Tensor, Tensor]", hit)  # a (h, w, ...) key: always a basis() pair
 
-    def _compute_basis(self, h: int, w: int, align_corners: bool, dtype) -> tuple[Tensor, Tensor]:
-        dev = self.control_points.device
-        base = identity_grid((h, w), align_corners, device=dev, dtype=torch.float64)  # (1, H, W, 2)
-        m = _radial_basis(base.reshape(-1, 2), self.control_points) @ self._inverse  # (H*W, K)
-        return base.to(dtype), m.to(dtype)
+    def _compute_basis(self, h: int, w: int, align_corners: bool, dtype, device) -> tuple[Tensor, Tensor]:
+        # outside inference mode: a cached inference tensor could not be saved for a later backward
+        with _outside_inference_mode(), torch.no_grad():
+            cp, inv = self.control_points.clone(), self._inverse.clone()  # ordinary tensors even if built inside
+            base = identity_grid((h, w), align_corners, device=cp.device, dtype=torch.float64)  # (1, H, W, 2)
+            m = _radial_basis(base.reshape(-1, 2), cp) @ inv  # (H*W, K)
+            return base.to(device, dtype), m.to(device, dtype)
 
     def _grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
         h, w = size
         k = self.num_control_points
-        base, m, m_t = self._grid_basis((h, w), align_corners, params.dtype)  # (1, H*W, 2), (H*W, K), (K, H*W)
-        offsets = params.view(-1, k, 2) - self.control_points.to(params.dtype)  # (N, K, 2)
+        base, m, m_t = self._grid_basis((h, w), align_corners, params.dtype, params.device)  # (1,H*W,2) (H*W,K) (K,H*W)
+        offsets = params.reshape(-1, k, 2) - self.control_points.to(params.device, params.dtype)  # (N, K, 2)
         # base + M @ (y - c), each sample computed alone so that a row does not depend on the batch it is in
         # (_TPSGridFn: C++ on CPU, else a wide (2, K) x (K, H*W) bmm; the broadcast (H*W, K) x (K, 2) form was
         # 4-10x slower fwd+bwd). Exact identity grid at identity params (zero offsets).
@@ -179,24 +192,27 @@ class ThinPlateSpline(Transform):
             return (base + flat.transpose(1, 2)).reshape(-1, h, w, 2)  # (N, H, W, 2)
         return _TPSGridFn.apply(offsets, m, m_t, base).view(-1, h, w, 2)  # (N, H, W, 2)
 
-    def _grid_basis(self, output_size: Sequence[int], align_corners: bool, dtype) -> tuple[Tensor, Tensor, Tensor]:
+    def _grid_basis(self, output_size: Sequence[int], align_corners: bool, dtype, device
+                    ) -> tuple[Tensor, Tensor, Tensor]:
         """Return the cached ``(base (1, H*W, 2), M (H*W, K), M^T (K, H*W))`` of :meth:`basis`."""
         h, w = output_size
         if _is_compiling():
-            base, m = self._compute_basis(h, w, align_corners, dtype)
+            base, m = self._compute_basis(h, w, align_corners, dtype, device)
             return base.reshape(1, -1, 2), m, m.t()
-        key = ("grid", h, w, bool(align_corners), self.control_points.device, dtype)
+        key = ("grid", h, w, bool(align_corners), device, dtype)
         hit = self._cache.get(key)
         if hit is None:
-            base, m = self.basis((h, w), align_corners, dtype)
+            base, m = self.basis((h, w), align_corners, dtype, device)
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-            hit = self._cache[key] = (base.reshape(1, -1, 2), m, m.t().contiguous())
+            with _outside_inference_mode(), torch.no_grad():
+                hit = self._cache[key] = (base.reshape(1, -1, 2), m, m.t().contiguous())
         return cast("tuple[Tensor, Tensor, Tensor]", hit)  # a ("grid", ...) key: always a triple
 
     def _transform_points(self, params: Tensor, points: Tensor) -> Tensor:
-        m = _radial_basis(points.double(), self.control_points) @ self._inverse  # (N, M, K)
-        offsets = params.view(-1, self.num_control_points, 2) - self.control_points.to(params.dtype)  # (N, K, 2)
+        cp, inv = self.control_points.to(points.device), self._inverse.to(points.device)
+        m = _radial_basis(points.double(), cp) @ inv  # (N, M, K)
+        offsets = params.reshape(-1, self.num_control_points, 2) - cp.to(params.dtype)  # (N, K, 2)
         return points + torch.matmul(m.to(params.dtype), offsets)  # (N, M, 2)
 
     def extra_repr(self) -> str:
@@ -241,6 +257,13 @@ def _cpu_ext(like: Tensor):
     from stnkit import _ext  # lazy: builds (once, cached) on first use, never at import
 
     return _ext.load()
+
+
+def _outside_inference_mode() -> contextlib.AbstractContextManager:
+    """Leave inference mode while building a cache (a no-op otherwise, so compiled graphs never see it)."""
+    if _is_compiling() or not torch.is_inference_mode_enabled():  # dynamo cannot trace the inference-mode query
+        return contextlib.nullcontext()
+    return torch.inference_mode(False)
 
 
 def _is_compiling() -> bool:
