@@ -267,6 +267,10 @@ def _outside_inference_mode() -> contextlib.AbstractContextManager:
 
 
 def _is_compiling() -> bool:
+    # also torch.jit.trace (the TorchScript ONNX exporter): it would record the cached basis and the custom
+    # Function's output as constants of the first call, a silently wrong graph; traced inline ops are right
+    if torch.jit.is_tracing():
+        return True
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):
         return bool(compiler.is_compiling())
