@@ -82,3 +82,28 @@ class TestProjective:
         src_from_dst = normalize_matrix(inverse(dst_from_src_px), (16, 20), (16, 20), align_corners=True)
         got = stnkit.warp(img, Projective().from_matrix(src_from_dst), "projective", align_corners=True)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+class TestDivide:
+    def test_same_values_and_gradients_as_copysign(self):
+        # the guarded division without copysign (which ONNX cannot translate): the previous formula as reference
+        from stnkit.transforms.projective import PERSPECTIVE_EPS, _divide
+
+        eps = PERSPECTIVE_EPS
+        w = torch.tensor([-2.0, -3e-6, -1e-6, -5e-7, 0.0, 5e-7, 1e-6, 3e-6, 0.7], dtype=torch.float64)
+        w = w.requires_grad_()
+        num = torch.linspace(-1, 2, 9, dtype=torch.float64, requires_grad=True)
+        got = _divide(num, w)
+        expected = num / torch.copysign(w.abs().clamp_min(eps), w)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        g_got = torch.autograd.grad(got.sum(), (num, w))
+        g_exp = torch.autograd.grad(expected.sum(), (num, w))
+        for a, b in zip(g_got, g_exp, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert _divide(torch.ones(1), torch.tensor([-0.0])).item() == 1 / eps  # -0.0 counts as positive too
+
+    def test_gradgradcheck(self):
+        from torch.autograd import gradgradcheck
+
+        p = random_h(2).requires_grad_()
+        assert gradgradcheck(lambda q: Projective().grid(q, (3, 4)), (p,))

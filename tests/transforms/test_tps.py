@@ -95,6 +95,8 @@ class TestThinPlateSpline:
             (torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), "coincide"),
             (torch.tensor([[0.0, 0.0], [0.5, 0.5], [1.0, 1.0], [-1.0, -1.0]]), "collinear"),
             (torch.zeros(4, 2, dtype=torch.long), "floating-point"),
+            (torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, float("nan")], [1.0, 1.0]]), r"point 2 is \[0.0, nan\]"),
+            (torch.tensor([[0.0, 0.0], [float("inf"), 0.0], [0.0, 1.0]]), "must be finite; point 1"),
         ],
     )
     def test_bad_control_points(self, cp, match):
@@ -104,3 +106,39 @@ class TestThinPlateSpline:
     def test_wrong_param_count(self):
         with pytest.raises(ValueError, match=r"transform='tps' must have shape \(N, 32\) or \(N, 16, 2\)"):
             ThinPlateSpline().grid(torch.zeros(2, 30), (4, 4))
+
+
+class TestCaches:
+    def test_inference_mode_first_then_training(self):
+        # the first forward under inference_mode fills the basis cache; training later must still backprop
+        st = stnkit.SpatialTransformer(torch.nn.Flatten(), "tps", output_size=(6, 5), in_features=64)
+        with torch.inference_mode():
+            st(torch.rand(2, 1, 8, 8))
+        out = st(torch.rand(2, 1, 8, 8))
+        out.square().sum().backward()
+        assert st.head.bias.grad is not None
+        x = torch.rand(1, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+        t = ThinPlateSpline()
+        with torch.inference_mode():
+            t.grid(t.identity().double()[None], (3, 4))
+        p = perturbed(t, 1).requires_grad_()
+        assert gradcheck(lambda u, q: stnkit.warp(u, q, t, (3, 4)), (x, p))
+
+    def test_grid_on_the_params_device(self):
+        # a transform left on the CPU follows its inputs' device (here meta: shapes only)
+        t = ThinPlateSpline()
+        grid = t.grid(torch.empty(3, t.num_params, device="meta"), (4, 5))
+        assert grid.shape == (3, 4, 5, 2)
+        assert grid.device.type == "meta"
+        base, m = t.basis((4, 5), device="meta")
+        assert base.device.type == m.device.type == "meta"
+        assert t.control_points.device.type == "cpu"
+
+    @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+    def test_torch_jit_trace_not_baked(self):
+        t = ThinPlateSpline()
+        x = torch.rand(2, 1, 8, 8)
+        traced = torch.jit.trace(lambda u, q: stnkit.warp(u, q, t, (5, 6)), (x, perturbed(t, 2, dtype=torch.float32)),
+                                 check_trace=False)
+        p2 = perturbed(t, 2, 0.2, torch.float32)
+        torch.testing.assert_close(traced(x, p2), stnkit.warp(x, p2, t, (5, 6)))
