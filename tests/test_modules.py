@@ -238,3 +238,116 @@ class TestExport:
         x = torch.rand(2, 1, 16, 16)
         compiled = torch.compile(st)
         torch.testing.assert_close(compiled(x), st(x), atol=1e-5, rtol=1e-5)
+
+
+class TestLayerOptions:
+    def test_fill_matches_functional(self):
+        fill = torch.tensor([0.2, -0.4])
+        st = SpatialTransformer(loc_net(2), "affine", output_size=8, in_features=12, padding_mode="fill",
+                                fill_value=fill)
+        zoom_out = torch.tensor([1.6, 0.2, 0.1, -0.1, 1.5, 0.0])
+        set_head(st, zoom_out)
+        x = torch.rand(3, 2, 16, 16)
+        expected = warp(x, zoom_out.expand(3, -1), "affine", 8, padding_mode="fill", fill_value=fill)
+        torch.testing.assert_close(st(x), expected)
+        assert not torch.allclose(st(x), warp(x, zoom_out.expand(3, -1), "affine", 8))
+        assert "fill_value" in dict(st.named_buffers())  # follows .to(device)
+        assert "fill_value" not in st.state_dict()
+
+    def test_learnable_fill(self):
+        fill = nn.Parameter(torch.zeros(1))
+        st = SpatialTransformer(loc_net(), "attention", output_size=8, in_features=12, padding_mode="fill",
+                                fill_value=fill)
+        set_head(st, torch.tensor([1.5, 0.0, 0.0]))
+        st(torch.rand(2, 1, 16, 16)).sum().backward()
+        assert fill.grad is not None
+        assert fill.grad.item() > 0  # the border samples read the fill value
+        assert any(p is fill for p in st.parameters())
+
+    def test_antialias_matches_functional(self):
+        st = SpatialTransformer(loc_net(size=32), "attention", output_size=8, in_features=12, antialias=True)
+        p = torch.tensor([0.9, 0.05, -0.05])
+        set_head(st, p)
+        x = torch.rand(2, 1, 32, 32)
+        torch.testing.assert_close(st(x), warp(x, p.expand(2, -1), "attention", 8, antialias=True))
+        assert not torch.allclose(st(x), warp(x, p.expand(2, -1), "attention", 8))
+
+    def test_serial_passes_options(self):
+        fill = torch.tensor([0.7])
+        a = SpatialTransformer(loc_net(), "attention", output_size=12, in_features=12)
+        b = SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(144, 6)), "affine", output_size=6,
+                               in_features=6, padding_mode="fill", fill_value=fill, antialias=True)
+        pa, pb = torch.tensor([1.3, 0.1, 0.0]), torch.tensor([1.2, 0.0, 0.1, 0.0, 1.1, 0.0])
+        set_head(a, pa)
+        set_head(b, pb)
+        x = torch.rand(2, 1, 16, 16)
+        total = Attention().to_matrix(pa[None]) @ stnkit.Affine().to_matrix(pb[None])
+        expected = warp(x, stnkit.Affine().from_matrix(total), "affine", 6, padding_mode="fill", fill_value=fill,
+                        antialias=True)
+        torch.testing.assert_close(SerialSpatialTransformers([a, b])(x), expected)
+
+    def test_parallel_branches_keep_their_options(self):
+        mk = lambda **kw: SpatialTransformer(nn.Flatten(), "attention", output_size=4, in_features=256, **kw)  # noqa: E731
+        a, b = mk(), mk(padding_mode="fill", fill_value=1.0, antialias=True)
+        for st in (a, b):
+            set_head(st, torch.tensor([1.5, 0.0, 0.0]))
+        x = torch.rand(2, 1, 16, 16)
+        out = ParallelSpatialTransformers([a, b])(x)
+        torch.testing.assert_close(out[:, 1:], b(x))
+        assert not torch.allclose(out[:, :1], out[:, 1:])
+
+    def test_warp_broadcasts_and_validates(self):
+        st = SpatialTransformer(loc_net(), "affine", output_size=8)
+        x = torch.rand(3, 1, 16, 16)
+        p = torch.tensor([[0.9, 0.1, 0.0, -0.1, 0.8, 0.05]])
+        torch.testing.assert_close(st.warp(x, p), st.warp(x, p.expand(3, -1)))
+        assert st.warp(x, p, 5).shape == (3, 1, 5, 5)
+        with pytest.raises(ValueError, match=r"output_size entries must be positive; got \(0, 5\)"):
+            st.warp(x, p, output_size=(0, 5))
+        with pytest.raises(ValueError, match=r"params for transform='affine' must have shape"):
+            st.warp(x, torch.zeros(3, 5))
+        with pytest.raises(ValueError, match="batch size mismatch"):
+            st.warp(x, torch.zeros(2, 6))
+        with pytest.raises(ValueError, match="more than the limit"):
+            st.warp(x, p, output_size=(50000, 50000))
+
+    def test_option_errors(self):
+        with pytest.raises(ValueError, match="fill_value is only used with padding_mode='fill'"):
+            SpatialTransformer(loc_net(), fill_value=0.5)
+        with pytest.raises(ValueError, match=r"fill_value must have shape \(1,\)"):
+            SpatialTransformer(loc_net(), padding_mode="fill", fill_value=torch.zeros(3))(torch.rand(1, 1, 16, 16))
+
+    def test_meta_device(self):
+        st = SpatialTransformer(loc_net(), "tps", output_size=(5, 6), in_features=12).to("meta")
+        assert st(torch.empty(2, 1, 16, 16, device="meta")).shape == (2, 1, 5, 6)
+
+
+class TestAutocastHead:
+    @pytest.mark.parametrize("bound", [None, 0.5])
+    def test_float32_params_under_bfloat16_autocast(self, bound):
+        torch.manual_seed(0)
+        head = LocalizationHead(stnkit.transforms.get("affine").identity(), in_features=32, bound=bound)
+        with torch.no_grad():
+            head.weight.normal_(std=0.3)
+        feats = torch.randn(4, 32).bfloat16()  # what a localisation net yields under autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            params = head(feats)
+            quantised = nn.functional.linear(feats, head.weight, head.bias)  # what autocast would have done
+        assert params.dtype == torch.float32
+        expected = head(feats.float())  # no autocast, the same float32-cast features
+        torch.testing.assert_close(params, expected, rtol=1.3e-6, atol=1e-6)
+        if bound is None:
+            assert quantised.dtype == torch.bfloat16
+            assert (quantised.float() - expected).abs().max() > 1e-3  # the error the float32 head avoids
+
+    def test_layer_params_float32(self):
+        st = SpatialTransformer(loc_net(), "affine", output_size=8, in_features=12)
+        with torch.no_grad():
+            st.head.weight.normal_(std=0.1)
+        x = torch.rand(2, 1, 16, 16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, params = st(x, return_params=True)
+            feats = st.localization(x)
+        assert params.dtype == torch.float32
+        torch.testing.assert_close(params, st.head(feats.float()), rtol=1.3e-6, atol=1e-6)
+        assert out.dtype == torch.float32

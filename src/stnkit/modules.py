@@ -16,7 +16,15 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from stnkit import transforms as _transforms
-from stnkit._checks import check_choice, check_float, check_tensor, normalize_size, shape_str
+from stnkit._checks import (
+    check_batch,
+    check_choice,
+    check_float,
+    check_same_device,
+    check_tensor,
+    normalize_size,
+    shape_str,
+)
 from stnkit.sampling import check_options, warp_checked
 from stnkit.transforms.base import MatrixTransform, Transform, no_autocast
 
@@ -186,9 +194,12 @@ class SpatialTransformer(nn.Module):
         ``output_size`` defaults to the layer's, then to the input's size; it is validated as in :func:`stnkit.warp`.
         """
         size = None if output_size is None else normalize_size(output_size, self.transform.spatial_dims)
+        self._check_input(x)
         params = self.transform.check_params(params)
         if params.shape[0] == 1 and x.shape[0] != 1:
             params = params.expand(x.shape[0], -1)  # one transform for every input
+        check_batch(x, params, "input", "params")
+        check_same_device(x, params, "input", "params")
         return self._warp(x, params, size)
 
     def _warp(self, x: Tensor, params: Tensor, size: tuple[int, ...] | None) -> Tensor:
