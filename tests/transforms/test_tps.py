@@ -133,12 +133,3 @@ class TestCaches:
         base, m = t.basis((4, 5), device="meta")
         assert base.device.type == m.device.type == "meta"
         assert t.control_points.device.type == "cpu"
-
-    @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-    def test_torch_jit_trace_not_baked(self):
-        t = ThinPlateSpline()
-        x = torch.rand(2, 1, 8, 8)
-        traced = torch.jit.trace(lambda u, q: stnkit.warp(u, q, t, (5, 6)), (x, perturbed(t, 2, dtype=torch.float32)),
-                                 check_trace=False)
-        p2 = perturbed(t, 2, 0.2, torch.float32)
-        torch.testing.assert_close(traced(x, p2), stnkit.warp(x, p2, t, (5, 6)))
