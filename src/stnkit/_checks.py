@@ -8,6 +8,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,6 +96,8 @@ def normalize_size(size: int | Sequence[int], ndim: int, name: str = "output_siz
     out = []
     for s in size:
         try:
+            if isinstance(s, (bool, np.bool_)):
+                raise TypeError
             s = operator.index(s)  # ints, numpy ints and torch.SymInt; floats and bools-as-sizes are refused
         except TypeError:
             raise TypeError(f"{name} entries must be integers; got {tuple(size)!r}") from None
