@@ -1,5 +1,8 @@
 """ONNX export (``torch.onnx.export(..., dynamo=True)``) of every transform, checked in onnxruntime against eager."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +108,16 @@ def test_torchscript_exporter_not_baked(name, tmp_path):
     x2, params2, _ = inputs(name, seed=1)
     with torch.no_grad():
         np.testing.assert_allclose(call(x2, params2).numpy(), model(x2, params2).numpy(), atol=1e-5, rtol=0)
+
+
+def test_readme_export_snippet(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Export", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    session = ort.InferenceSession(str(tmp_path / "st.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 1, 16, 16)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(out, x[:, :, ::2, ::2].add(x[:, :, 1::2, 1::2]).add(x[:, :, ::2, 1::2])
+                               .add(x[:, :, 1::2, ::2]).div(4).numpy(), atol=1e-5)  # identity TPS at half size
