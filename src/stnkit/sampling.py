@@ -153,11 +153,11 @@ def sample(
     check_options(mode, padding_mode, d, fill_value)
     offset = _fill_offset(input, fill_value, padding_mode)
     if offset is None:
-        return _sample(input, grid, mode, padding_mode, align_corners)
+        return _sample_path(input, grid, mode, padding_mode, align_corners)
     # constant padding as sample_zeros(x - f) + f: exact per tap, because every kernel's weights (bilinear,
     # nearest, bicubic) sum to 1 and zero padding drops the taps outside the input, which then read f; being
     # built on the zeros sampler, every sampling path (reference, fast) gets it
-    return _sample(input - offset, grid, mode, "zeros", align_corners) + offset
+    return _sample_path(input - offset, grid, mode, "zeros", align_corners) + offset
 
 
 def _sample(input: Tensor, grid: Tensor, mode: str, padding_mode: str, align_corners: bool) -> Tensor:
@@ -255,12 +255,33 @@ def warp_checked(
     offset = _fill_offset(input, fill_value, padding_mode)
     pad = "zeros" if offset is not None else padding_mode
     factors = antialias_factors(tuple(input.shape[2:]), size, align_corners) if antialias else (1,) * len(size)
-    x = input if offset is None else input - offset  # constant padding by the identity of _filled
+    # constant padding as warp_zeros(x - f) + f: exact per tap, because every kernel's weights (bilinear, nearest,
+    # bicubic) sum to 1 and zero padding drops the taps outside the input, which then read f
+    x = input if offset is None else input - offset
     if all(f == 1 for f in factors):
-        out = _warp(x, transform, params, tuple(size), mode, pad, align_corners)
+        out = _warp_path(x, transform, params, tuple(size), mode, pad, align_corners)
     else:
         out = _supersampled(x, transform, params, tuple(size), factors, mode, pad, align_corners)
     return out if offset is None else out + offset
+
+
+def _warp_path(
+    input: Tensor, transform: Transform, params: Tensor, size: tuple[int, ...], mode: str, padding_mode: str,
+    align_corners: bool,
+) -> Tensor:
+    if torch.onnx.is_in_onnx_export():  # the exporters cannot translate the fast paths' custom ops
+        return _sample_path(input, transform.grid(params, size, align_corners), mode, padding_mode, align_corners)
+    return _warp(input, transform, params, size, mode, padding_mode, align_corners)
+
+
+def _sample_path(input: Tensor, grid: Tensor, mode: str, padding_mode: str, align_corners: bool) -> Tensor:
+    if not torch.onnx.is_in_onnx_export():
+        return _sample(input, grid, mode, padding_mode, align_corners)
+    # ONNX export: plain F.grid_sample (ONNX GridSample) in the promoted dtype, whatever _sample dispatches to
+    dtype = torch.promote_types(input.dtype, grid.dtype)
+    out = F.grid_sample(input.to(dtype), grid.to(dtype), mode=mode, padding_mode=padding_mode,
+                        align_corners=align_corners)
+    return out.to(input.dtype)
 
 
 def antialias_factors(
@@ -291,7 +312,7 @@ def _supersampled(
     fine = tuple(o * f for o, f in zip(size, factors, strict=True))
     pool = F.avg_pool2d if len(size) == 2 else F.avg_pool3d
     if not align_corners:
-        out = _warp(input, transform, params, fine, mode, padding_mode, align_corners)  # (N, C, *fine)
+        out = _warp_path(input, transform, params, fine, mode, padding_mode, align_corners)  # (N, C, *fine)
         return pool(out, factors, factors)
     # align_corners=True: output pixel i (of n) spans its centre -1 + 2i/(n-1) +- 1/(n-1); its sub-pixel centres
     # are the align_corners=False centres of the fine grid scaled by n/(n-1) (n = 1: the single centre, 0)
@@ -299,7 +320,7 @@ def _supersampled(
     scale = torch.tensor([o / (o - 1) if o > 1 else 1.0 for o in size[::-1]], dtype=dt, device=params.device)
     points = identity_grid(fine, False, device=params.device, dtype=dt).reshape(-1, len(size)) * scale  # (M, d)
     grid = transform.transform_points(params, points).reshape(params.shape[0], *fine, len(size))  # (N, *fine, d)
-    out = _sample(input, grid, mode, padding_mode, align_corners)  # (N, C, *fine)
+    out = _sample_path(input, grid, mode, padding_mode, align_corners)  # (N, C, *fine)
     return pool(out, factors, factors)
 
 
