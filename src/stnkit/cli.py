@@ -92,8 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                      "lightning.fabric.utilities.distributed", "lightning.pytorch.accelerators.cuda"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    from stnkit.training.errors import RunInterrupted
+
     try:
         return int(args._run(args) or 0)
+    except RunInterrupted as e:  # a checkpoint was saved: say so, and how to go on, in one line
+        hint = getattr(e, "hint", None) or "rerun the same command to resume"
+        print(f"stnkit {args.command}: {e}; {hint}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print("stnkit: interrupted", file=sys.stderr)
         return 130

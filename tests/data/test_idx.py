@@ -3,6 +3,7 @@ import hashlib
 import io
 import os
 import shutil
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -53,10 +54,10 @@ class TestReadIdx:
             "magic": (b"\x12\x34" + good[2:], "bad magic"),
             "dtype": (good[:2] + b"\x07" + good[3:], "bad magic"),
             "empty": (b"", "bad magic"),
-            "header": (good[:9], "truncated IDX header"),
+            "header": (good[:9], "truncated: its 3-D header"),
             "truncated": (good[:-5], "truncated"),
             "trailing": (good + b"\x00", "trailing bytes"),
-            "badgzip": (gzip.compress(good)[:-30], "cannot decompress"),
+            "badgzip": (gzip.compress(good)[:-30], "cannot read or decompress"),
         }
         for name, (content, match) in cases.items():
             path = tmp_path / name
@@ -66,6 +67,66 @@ class TestReadIdx:
                 read_idx(path)
             assert str(path) in str(err.value)  # every message names the file
         assert issubclass(DataError, ValueError)
+
+
+def _gzip_bomb(path, header, zeros):
+    """A gzip file: ``header`` then ``zeros`` zero bytes, compressed chunk by chunk (a few hundred KB on disk)."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            f.write(block)
+
+
+class TestBoundedReading:
+    def test_gzip_bomb_is_refused_without_decompressing_it(self, tmp_path):
+        path = tmp_path / "bomb-idx3-ubyte.gz"
+        header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (10, 28, 28))
+        _gzip_bomb(path, header, 256 << 20)  # 10 images declared, 256 MiB of data inside
+        assert path.stat().st_size < 2 << 20
+        tracemalloc.start()
+        try:
+            with pytest.raises(DataError, match="trailing bytes") as err:
+                read_idx(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert str(path) in str(err.value)
+        assert peak < 16 << 20  # the old reader decompressed everything: 256 MiB
+
+    def test_declared_size_over_the_limit_refused_before_reading(self, tmp_path):
+        path = tmp_path / "huge-idx3-ubyte"
+        path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (10**6, 100, 100)))
+        with pytest.raises(DataError, match=r"declares shape \(1000000, 100, 100\).*limit") as err:
+            read_idx(path)
+        assert str(path) in str(err.value)
+        small = tmp_path / "small-idx1-ubyte"
+        small.write_bytes(idx_bytes(torch.zeros(100, dtype=torch.uint8)))
+        assert read_idx(small, max_bytes=100).shape == (100,)
+        with pytest.raises(DataError, match="limit of 99 bytes"):
+            read_idx(small, max_bytes=99)
+
+    def test_sizes_that_overflow_int64_name_the_file(self, tmp_path):
+        path = tmp_path / "overflow-idx4-ubyte"
+        path.write_bytes(bytes([0, 0, 0x0E, 4]) + (2**32 - 1).to_bytes(4, "big") * 4)  # 2^128 float64s
+        with pytest.raises(DataError, match="more than the limit") as err:
+            read_idx(path)
+        assert str(path) in str(err.value)
+
+    def test_download_checksum_streams(self, fresh_env):
+        """A mirror serving a bomb under MNIST's name is refused after at most MAX_IDX_BYTES of output."""
+        mirror = fresh_env / "mirror"
+        mirror.mkdir()
+        _gzip_bomb(mirror / "train-images-idx3-ubyte.gz", b"", 64 << 20)
+        tracemalloc.start()
+        try:
+            with pytest.raises(DataError, match="checksum mismatch"):
+                download_mnist(fresh_env / "out", mirrors=(mirror.as_uri(),))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20  # the old download decompressed the whole file in memory to check it
+        assert list((fresh_env / "out").iterdir()) == []
 
 
 class TestLoadMnist:

@@ -26,12 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from stnkit.models import list_models
     from stnkit.training import DATASETS, RECIPES
 
-    p.add_argument("--dataset", default="rts", help=f"one of {', '.join(DATASETS)} (default rts)")
-    p.add_argument("--model", default="st-cnn", help=f"one of {', '.join(list_models())} (default st-cnn)")
-    p.add_argument("--transform", default="affine",
+    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default rts)")
+    p.add_argument("--model", help=f"one of {', '.join(list_models())} (default st-cnn)")
+    p.add_argument("--transform",
                    help="ST models: affine, projective, tps, attention, similarity, translation (default affine)")
-    p.add_argument("--recipe", "--budget", dest="recipe", default="cpu",
-                   help=f"training recipe: {', '.join(RECIPES)} (default cpu)")
+    p.add_argument("--recipe", "--budget", dest="recipe", help=f"training recipe: {', '.join(RECIPES)} (default cpu)")
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
     steps.add_argument("--epochs", type=int, help="epochs over the training set instead of --steps")
@@ -50,46 +49,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "against a diverging localisation net; default unbounded, as in the paper)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     d = p.add_argument_group("data and output")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, help="seed of weights, split, order and distortions (default 0)")
     d.add_argument("--data-dir", help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit)")
     d.add_argument("--out", help="run directory (default runs/<dataset>-<model>[-<transform>]-<recipe>-s<seed>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     d.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    d.add_argument("--val-size", type=int, default=5000)
+    d.add_argument("--val-size", type=int, help="training images held out for validation (default 5000)")
     d.add_argument("--train-subset", type=int)
     d.add_argument("--val-subset", type=int)
     d.add_argument("--test-subset", type=int)
-    d.add_argument("--num-workers", type=int, default=0)
+    d.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
     d.add_argument("--param-budget", type=int, help="parameter budget of the model widths (default 150000)")
     d.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     d.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     add_hardware_args(p)
 
 
+# flags whose default the command fills in, so that --resume can tell a flag given from a flag left alone
+_DEFAULTS = {"dataset": "rts", "model": "st-cnn", "transform": "affine", "recipe": "cpu", "seed": 0,
+             "val_size": 5000, "num_workers": 0}
+# what a run trains (fixed once it started) vs where and how it runs (may change on --resume)
+_WHAT = ("dataset", "model", "transform", "recipe", "epochs", "batch_size", "optimizer", "lr", "momentum",
+         "weight_decay", "scheduler", "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "seed",
+         "val_size", "train_subset", "val_subset", "test_subset", "param_budget", "model_kwargs")
+
+
 def config_from_args(args: argparse.Namespace):
-    """Build the :class:`TrainConfig` of parsed ``train`` arguments (from the run's config.json on --resume)."""
+    """Build the :class:`TrainConfig` of parsed ``train`` arguments (from the run's config.json on --resume).
+
+    On ``--resume`` a flag that changes what the run trains (model, data, recipe values, seed, ...) and differs
+    from the run's recorded value is refused with one line listing each conflict; where and how it runs
+    (hardware, threads, data folder, progress) and ``--steps`` (constant schedules only) may change.
+    """
     from stnkit.models import list_models
     from stnkit.training import TrainConfig
 
-    if args.model.lower() not in list_models():
-        raise ValueError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
-    from stnkit import transforms
-
-    transforms.get(args.transform)  # unknown names fail here, with the list of known ones
-    kw = {k: getattr(args, k) for k in (
+    given = {k: getattr(args, k) for k in (
         "dataset", "model", "transform", "recipe", "steps", "epochs", "batch_size", "optimizer", "lr", "momentum",
         "weight_decay", "scheduler", "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "seed",
         "data_dir", "out", "val_size", "train_subset", "val_subset", "test_subset", "num_workers", *_HW)}
-    kw["devices"] = devices(args.devices)
-    kw["progress"] = progress_default() if args.progress is None else args.progress
     if args.param_budget is not None:
-        kw["param_budget"] = args.param_budget
+        given["param_budget"] = args.param_budget
     if args.bound is not None:
         if args.bound <= 0:
             raise ValueError(f"--bound must be positive; got {args.bound}")
-        if not args.model.lower().startswith("st-"):
+        if not (args.model or _DEFAULTS["model"]).lower().startswith("st-"):
             raise ValueError(f"--bound applies to ST models; {args.model!r} has no spatial transformer")
-        kw["model_kwargs"] = {"bound": args.bound}
+        given["model_kwargs"] = {"bound": args.bound}
+    kw = {**given, **{k: v for k, v in _DEFAULTS.items() if given.get(k) is None}}
+    if kw["model"].lower() not in list_models():
+        raise ValueError(f"unknown model {kw['model']!r}; known models: {', '.join(list_models())}")
+    from stnkit import transforms
+
+    transforms.get(kw["transform"])  # unknown names fail here, with the list of known ones
+    kw["devices"] = devices(args.devices)
+    kw["progress"] = progress_default() if args.progress is None else args.progress
     config = TrainConfig(**kw)
     if not args.resume:
         config.resolved_recipe()  # validate recipe values now
@@ -98,6 +112,12 @@ def config_from_args(args: argparse.Namespace):
     if not saved.is_file():
         raise FileNotFoundError(f"nothing to resume: {saved} does not exist")
     resumed = TrainConfig.load(saved)
+    conflicts = [f"--{k.replace('_', '-')} {given[k]} (the run's: {getattr(resumed, k)})" for k in _WHAT
+                 if given.get(k) is not None and _normal(given[k]) != _normal(getattr(resumed, k))]
+    if conflicts:
+        raise ValueError(f"--resume continues the run in {config.run_dir()} as it was started; these flags "
+                         f"conflict with it: {'; '.join(conflicts)}; drop them, or start a new run with another "
+                         f"--out")
     for k in ("devices", "progress", "data_dir", *_HW):  # where and how to run may change; what to train may not
         if k in kw and kw[k] is not None:
             setattr(resumed, k, kw[k])
@@ -107,6 +127,10 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError("--steps cannot change when resuming a run with a cosine/onecycle schedule")
         resumed.steps = args.steps
     return resumed
+
+
+def _normal(value):
+    return value.lower() if isinstance(value, str) else value
 
 
 def describe(config) -> str:
@@ -128,7 +152,14 @@ def run(args: argparse.Namespace) -> int:
     from stnkit.training import fit
     from stnkit.training.callbacks import PrintValidation
 
-    metrics = fit(config, overwrite=args.overwrite, callbacks=[] if config.progress else [PrintValidation("  ")])
+    from stnkit.training.errors import RunInterrupted
+
+    try:
+        metrics = fit(config, overwrite=args.overwrite,
+                      callbacks=[] if config.progress else [PrintValidation("  ")])
+    except RunInterrupted as e:
+        e.hint = f"resume with: stnkit train --out {config.run_dir()} --resume"
+        raise
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP every process returns here; one report is enough

@@ -78,6 +78,12 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
             raise ValueError(f"batch sizes must be positive; got {batch_size}, {eval_batch_size}")
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0; got {val_size}")
+        for name, value in (("train_subset", train_subset), ("val_subset", val_subset),
+                            ("test_subset", test_subset), ("num_workers", num_workers)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < (0 if name == "num_workers" else 1)):
+                least = "a non-negative" if name == "num_workers" else "a positive"
+                raise ValueError(f"{name} must be {least} integer; got {value!r}")
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -120,6 +126,10 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
         n = train_images.shape[0]
         if self.val_size >= n:
             raise ValueError(f"val_size={self.val_size} leaves no training images out of {n}")
+        _check_subset("train_subset", self.train_subset, n - self.val_size, f"training images ({n:,} minus "
+                      f"val_size {self.val_size:,})")
+        _check_subset("val_subset", self.val_subset, self.val_size, "validation images (val_size)")
+        _check_subset("test_subset", self.test_subset, test_images.shape[0], "test images")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))  # (n,)
         val_ids = order[: self.val_size][: self.val_subset].sort().values
         train_ids = order[self.val_size:][: self.train_subset].sort().values
@@ -248,3 +258,8 @@ def build_datamodule(dataset: str, **kwargs: Any) -> DistortedMNISTDataModule:
     """
     cls, preset = DATAMODULES.get(dataset, (DistortedMNISTDataModule, dataset))
     return cls(preset, **kwargs)
+
+
+def _check_subset(name: str, value: int | None, available: int, what: str) -> None:
+    if value is not None and value > available:
+        raise ValueError(f"{name}={value:,} exceeds the {available:,} {what}")

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
-import shutil
 import tempfile
 import urllib.request
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "MAX_IDX_BYTES",
     "MIRRORS",
     "MNIST_FILES",
     "MNIST_SHA256",
@@ -74,46 +77,79 @@ class DataError(ValueError):
     """A data file is missing, malformed or not what it should be; the message names the file and the fix."""
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the file's (decompressed, if gzip) content."""
-    with open(path, "rb") as f:
-        head = f.read(2)
+#: Largest IDX payload :func:`read_idx` reads by default (1 GiB; MNIST's training images are 47 MB).
+MAX_IDX_BYTES = 1 << 30
+_CHUNK = 1 << 20
+
+
+def _open(path: Path) -> BinaryIO:
+    """Open the file for streaming, decompressing when its content is gzip (by the magic bytes, not the name)."""
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.close()
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    f.seek(0)
+    return f
+
+
+def _read_exactly(f: BinaryIO, n: int, path: Path, what: str, digest: Any) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = f.read(min(_CHUNK, n - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    data = b"".join(chunks)
+    digest.update(data)
+    if got < n:
+        raise DataError(f"{path}: truncated: {what} needs {n:,} bytes, the file has {got:,}; {_HOW_TO_FIX}")
+    return data
+
+
+def _stream_idx(path: Path, max_bytes: int) -> tuple[Tensor, str]:
+    """Parse an IDX file chunk by chunk; return the tensor and the SHA-256 of the (decompressed) content.
+
+    Memory stays within the size the header declares, which is checked against ``max_bytes`` before any payload
+    is read; data beyond the declared size is detected by reading one byte more, never decompressed in full.
+    """
+    digest = hashlib.sha256()
     try:
-        if head == b"\x1f\x8b":  # gzip magic: decide by content, not by the file name
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as err:  # truncated or corrupt gzip stream
-        raise DataError(f"{path}: cannot decompress ({err}); {_HOW_TO_FIX}") from err
+        with _open(path) as f:
+            magic = f.read(4)
+            digest.update(magic)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'}); {_HOW_TO_FIX}")
+            dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
+            dims = _read_exactly(f, 4 * ndim, path, f"its {ndim}-D header", digest)
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            payload = math.prod(shape) * dtype.itemsize  # Python integers: no overflow whatever the header says
+            if payload > max_bytes:
+                raise DataError(f"{path}: its header declares shape {shape} ({payload:,} bytes), more than the "
+                                f"limit of {max_bytes:,} bytes (read_idx(max_bytes=...)); {_HOW_TO_FIX}")
+            data = _read_exactly(f, payload, path, f"its header's shape {shape}", digest)
+            if f.read(1):
+                raise DataError(f"{path}: has trailing bytes after the {payload:,} bytes its header {shape} "
+                                f"declares; {_HOW_TO_FIX}")
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # unreadable, truncated or corrupt gzip
+        raise DataError(f"{path}: cannot read or decompress ({err}); {_HOW_TO_FIX}") from err
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True)), digest.hexdigest()
 
 
-def _parse_idx(data: bytes, path: Path) -> Tensor:
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'}); {_HOW_TO_FIX}")
-    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header}); {_HOW_TO_FIX}")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(f"{path}: {what}: {len(data)} bytes, but its header {shape} needs {expected}; {_HOW_TO_FIX}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
-
-
-def read_idx(path: str | os.PathLike) -> Tensor:
-    """Read an IDX file (gzip-compressed or raw, detected from the content).
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> Tensor:
+    """Read an IDX file (gzip-compressed or raw, detected from the content), streaming with bounded memory.
 
     Args:
         path: the file.
+        max_bytes: refuse files whose header declares a larger payload (checked before reading it).
 
     Returns:
         Tensor with the shape stored in the header, e.g. (N, 28, 28) uint8 for MNIST images or (N,) for labels.
 
     Raises:
-        DataError: missing file, bad magic number, truncated or oversized data, corrupt gzip stream.
+        DataError: missing file, bad magic number, truncated data, trailing data, a declared size above
+            ``max_bytes``, corrupt gzip stream; the message names the file.
 
     Example:
         >>> import tempfile, pathlib
@@ -126,16 +162,16 @@ def read_idx(path: str | os.PathLike) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return _parse_idx(_read_bytes(path), path)
+    return _stream_idx(path, max_bytes)[0]
 
 
-def _is_new_non_mnist(path: Path, data: bytes, name: str) -> bool:
+def _is_new_non_mnist(path: Path, sha256: str, name: str) -> bool:
     """Return True the first time per process that a file (version) turns out not to be canonical MNIST."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in _checked_sums:
         return False
-    _checked_sums[key] = hashlib.sha256(data).hexdigest() == MNIST_SHA256[name]
+    _checked_sums[key] = sha256 == MNIST_SHA256[name]
     return not _checked_sums[key]
 
 
@@ -172,9 +208,8 @@ def load_mnist(root: str | os.PathLike, split: str = "train", *, verify: bool = 
         if path is None:
             raise DataError(f"{root / name}(.gz): no such file; pass the folder holding MNIST's four IDX files, or "
                             f"call find_mnist() to download them into {cache_dir()}")
-        data = _read_bytes(path)
-        tensor = _parse_idx(data, path)
-        if verify and _is_new_non_mnist(path, data, name):
+        tensor, sha256 = _stream_idx(path, MAX_IDX_BYTES)
+        if verify and _is_new_non_mnist(path, sha256, name):
             unknown.append(path.name)
         want = 3 if part == "images" else 1
         if tensor.ndim != want or tensor.dtype != torch.uint8:
@@ -244,6 +279,28 @@ def find_mnist(data_dir: str | os.PathLike | None = None, download: bool = True)
     return cache
 
 
+def _copy_and_digest(response: BinaryIO, out: BinaryIO, url: str) -> str:
+    """Copy a gzip download to ``out`` chunk by chunk; return the SHA-256 of its decompressed content.
+
+    Decompression runs on the same chunks (bounded memory) and stops at :data:`MAX_IDX_BYTES` of output.
+    """
+    inflate, digest, size = zlib.decompressobj(wbits=31), hashlib.sha256(), 0
+    while chunk := response.read(_CHUNK):
+        out.write(chunk)
+        while True:
+            data = inflate.decompress(chunk, _CHUNK)
+            size += len(data)
+            if size > MAX_IDX_BYTES:
+                raise DataError(f"{url}: decompresses to more than {MAX_IDX_BYTES:,} bytes; not an MNIST file")
+            digest.update(data)
+            chunk = inflate.unconsumed_tail
+            if not chunk and len(data) < _CHUNK:  # a full chunk may leave output pending: ask again
+                break
+    if not inflate.eof:
+        raise DataError(f"{url}: the download ended inside its gzip stream (truncated)")
+    return digest.hexdigest()
+
+
 def download_mnist(
     root: str | os.PathLike,
     mirrors: Sequence[str] | None = None,
@@ -274,15 +331,16 @@ def download_mnist(
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=root)
             try:
                 with os.fdopen(fd, "wb") as out, opener(url, timeout=60) as response:
-                    shutil.copyfileobj(response, out)
-                got = hashlib.sha256(_read_bytes(Path(tmp))).hexdigest()
+                    got = _copy_and_digest(response, out, url)
+                    out.flush()
+                    os.fsync(out.fileno())
                 if got != digest:
                     errors.append(f"{url}: checksum mismatch (SHA-256 of the decompressed file {got}, expected "
                                   f"{digest})")
                     continue
                 os.replace(tmp, root / f"{name}.gz")
                 break
-            except (OSError, DataError) as err:  # URLError is an OSError
+            except (OSError, DataError, zlib.error) as err:  # URLError is an OSError
                 errors.append(f"{url}: {err}")
             finally:
                 if os.path.exists(tmp):

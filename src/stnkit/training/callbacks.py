@@ -1,14 +1,67 @@
-"""Callbacks of :func:`stnkit.training.fit`: a final validation, a training stopwatch, checkpoint snapshots."""
+"""Callbacks of :func:`stnkit.training.fit` (a final validation, a stopwatch, snapshots, a checkpoint at a signal)
+and its checkpoint writer."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins import TorchCheckpointIO
 
-__all__ = ["PrintValidation", "Snapshots", "Stopwatch", "ValidateAtEnd"]
+from stnkit.files import atomic_torch_save
+from stnkit.training.errors import RunInterrupted
+
+__all__ = ["AtomicCheckpointIO", "PrintValidation", "SaveOnSignal", "Snapshots", "Stopwatch", "ValidateAtEnd"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints with :func:`stnkit.files.atomic_torch_save`: the previous file survives any kill or full
+    disk (Lightning's own writer copies over the target when the temporary folder is on another filesystem)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+class SaveOnSignal(pl.Callback):
+    """On SIGTERM or SIGINT, finish the current step, save ``path`` and stop with :class:`RunInterrupted`.
+
+    A second signal stops at once (``KeyboardInterrupt``). Installed over Lightning's SIGTERM handler when training
+    starts, in the main thread of a single-process run only (multi-process runs keep Lightning's handling, which
+    stops every process together; ``fit`` reports it the same way, with the last validation's checkpoint).
+
+    Args:
+        path: the checkpoint to write (the run's ``last.ckpt``).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.signum is not None:
+            trainer.save_checkpoint(self.path)
+            raise RunInterrupted(self.signum, trainer.global_step, str(self.path))
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 class ValidateAtEnd(pl.Callback):

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,13 +22,17 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from stnkit.files import LOCK_NAME, FolderLock, FolderLockedError, atomic_write_json
 from stnkit.models import count_params
-from stnkit.training.callbacks import Snapshots, Stopwatch, ValidateAtEnd
+from stnkit.training.callbacks import AtomicCheckpointIO, SaveOnSignal, Snapshots, Stopwatch, ValidateAtEnd
 from stnkit.training.config import TrainConfig
+from stnkit.training.errors import RunInterrupted
 from stnkit.training.lit_module import STNLitModule
 
-__all__ = ["evaluate", "fit", "load_checkpoint", "make_datamodule", "resolve_checkpoint", "write_json"]
+__all__ = ["check_checkpoint", "evaluate", "fit", "is_run_dir", "load_checkpoint", "make_datamodule", "resolve_checkpoint",
+           "write_json"]
 
 # Lightning hints that do not apply here: generation is batched in the main process (workers only add copies),
 # resumed epochs skip the batches already done (the data module's sampler), run directories are ours to reuse.
@@ -53,18 +58,44 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename), so a killed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically and durably (:func:`stnkit.files.atomic_write_json`)."""
+    atomic_write_json(path, data)
+
+
+_RUN_FILES = frozenset({"config.json", "metrics.json", "logs", "checkpoints", "tb", LOCK_NAME})
+
+
+def is_run_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds a run written by :func:`fit` (its ``config.json`` names a model and a recipe)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"dataset", "model", "recipe"} <= config.keys()
+
+
+def _check_out(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run directory that would lose a run or someone else's files."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if config.resume:
+        if not last.exists():
+            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+        check_checkpoint(last)
+        return
+    if overwrite:
+        return
+    if last.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it (--resume), replace it (--overwrite) or "
+                              f"choose another --out")
+    if run_dir.is_dir() and not is_run_dir(run_dir):
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES or p.name == "config.json")
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise FileExistsError(f"{run_dir} is not empty and not a stnkit run (it holds {shown}); choose another "
+                                  f"--out, or pass --overwrite to write the run into it")
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if config.resume and not last.exists():
-        raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-    if not config.resume and not overwrite and last.exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it (--resume) or choose another --out")
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -119,7 +150,9 @@ def fit(
         FileNotFoundError: ``resume`` without a checkpoint, or MNIST not found.
         FileExistsError: the run directory holds a run and neither ``resume`` nor ``overwrite`` is set.
         PermissionError: the run directory is not writable.
+        FolderLockedError: another process is training into the run directory.
         NonFiniteLossError: the loss became NaN or infinite.
+        RunInterrupted: SIGTERM or SIGINT stopped training; ``last.ckpt`` holds the state to resume from.
     """
     t0 = time.perf_counter()
     recipe = config.resolved_recipe()
@@ -144,6 +177,26 @@ def fit(
     )
     if datamodule is None:
         dm.prepare_data()  # fail fast (missing MNIST) before anything is written
+    _check_out(run_dir, config, overwrite)
+    # one process per run directory; Lightning's DDP workers re-run this code with LOCAL_RANK/NODE_RANK set
+    lock = FolderLock(run_dir, "run directory") if os.environ.get("LOCAL_RANK", "0") == "0" and \
+        os.environ.get("NODE_RANK", "0") == "0" else None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except FolderLockedError:
+            raise
+        except OSError as e:
+            raise PermissionError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    try:
+        return _train(config, recipe, lit, dm, run_dir, callbacks, overwrite, t0)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: TrainConfig, recipe: Any, lit: STNLitModule, dm: Any, run_dir: Path,
+           callbacks: Sequence[pl.Callback], overwrite: bool, t0: float) -> dict[str, Any]:
     _prepare_run_dir(run_dir, config, overwrite)
     info = config.to_dict()
     info["params"] = count_params(lit.model)
@@ -151,27 +204,35 @@ def fit(
 
     ckpt_dir = run_dir / "checkpoints"
     # two checkpoints, both rewritten after validations: "best" (lowest val/err) and "last" (the newest state;
-    # Lightning's own save_last only follows new bests). Lightning writes them atomically (temp file + move).
+    # Lightning's own save_last only follows new bests), written by AtomicCheckpointIO; "last" also at a signal
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/err", mode="min", save_top_k=1,
                                  auto_insert_metric_name=False, enable_version_counter=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
     stopwatch = Stopwatch()
+    saver = SaveOnSignal(ckpt_dir / "last.ckpt")
     trainer = pl.Trainer(
         max_steps=recipe.steps, max_epochs=-1, val_check_interval=min(recipe.eval_every, recipe.steps),
         check_val_every_n_epoch=None, num_sanity_val_steps=0, accelerator=config.accelerator,
         devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
         precision=cast(Any, config.precision_used()),
         logger=_loggers(run_dir), callbacks=[checkpoint, last, stopwatch, ValidateAtEnd(),
-                                             Snapshots(ckpt_dir / "history"), LearningRateMonitor("step"), *callbacks],
+                                             Snapshots(ckpt_dir / "history"), LearningRateMonitor("step"), saver,
+                                             *callbacks],
         enable_progress_bar=config.progress, enable_model_summary=False, log_every_n_steps=10,
-        default_root_dir=run_dir,
+        default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
         write_json(run_dir / "config.json", info)
     ckpt_path = str(ckpt_dir / "last.ckpt") if config.resume else None
     with _quiet_lightning():
-        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:  # a multi-process run, stopped by Lightning in every process
+            raise RunInterrupted(signal.SIGTERM, trainer.global_step, str(ckpt_dir / "last.ckpt"),
+                                 saved=False) from None
+        if saver.signum is not None:  # the signal came during the final validation: trained, not yet tested
+            raise RunInterrupted(saver.signum, trainer.global_step, str(ckpt_dir / "last.ckpt"))
         val_err = _metric(trainer, "val/err")
         if val_err is None:  # e.g. resuming a run that had already finished: validate the final weights now
             val_err = round(float(trainer.validate(lit, datamodule=dm, verbose=False)[0]["val/err"]), 4)
@@ -232,6 +293,39 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     return p
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`fit` and return it (``weights_only=True``: no code is unpickled).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty, truncated, not a checkpoint, holds code (refused), or was not written by
+            stnkit; one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes); delete it, or resume from another run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
+        raise ValueError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("stnkit"), dict) or \
+            not isinstance(ckpt.get("hyper_parameters"), dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a checkpoint written by stnkit training")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, which: str = "last") -> tuple[STNLitModule, TrainConfig, dict[str, Any]]:
     """Load a checkpoint (``weights_only=True``: tensors and plain containers only, no code is unpickled).
 
@@ -244,19 +338,23 @@ def load_checkpoint(path: str | Path, which: str = "last") -> tuple[STNLitModule
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        ValueError: the file is not a checkpoint written by stnkit.
+        ValueError: the file is not a usable checkpoint written by stnkit (see :func:`check_checkpoint`), its
+            hyper-parameters or config are unknown to this version, or its weights do not fit its model.
     """
     ckpt_path = resolve_checkpoint(path, which)
+    ckpt = check_checkpoint(ckpt_path)
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
-        raise ValueError(f"cannot read checkpoint {ckpt_path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or "stnkit" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{ckpt_path} is not a checkpoint written by stnkit training")
-    lit = STNLitModule(**ckpt["hyper_parameters"])
-    lit.load_state_dict(ckpt["state_dict"])
+        lit = STNLitModule(**ckpt["hyper_parameters"])
+        config = TrainConfig.from_dict(ckpt["stnkit"]["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint {ckpt_path} does not describe a model this stnkit builds: "
+                         f"{_first_line(e)}") from None
+    try:
+        lit.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"checkpoint {ckpt_path}: its weights do not fit its model: {_one_line(e)}") from None
     lit.eval()
-    return lit, TrainConfig.from_dict(ckpt["stnkit"]["config"]), ckpt
+    return lit, config, ckpt
 
 
 def evaluate(
