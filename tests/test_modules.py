@@ -40,6 +40,14 @@ class TestLocalizationHead:
         assert head.weight.shape == (3, 9)
         torch.testing.assert_close(out, torch.tensor([[1.0, 0.0, 0.0]]).expand(3, -1))
 
+    def test_lazy_first_call_under_inference_mode_then_training(self):
+        st = stnkit.SpatialTransformer(torch.nn.Flatten(), "tps", output_size=(6, 5))  # lazy head
+        with torch.inference_mode():
+            st(torch.rand(2, 1, 8, 8))
+        assert not st.head.weight.is_inference()
+        st(torch.rand(2, 1, 8, 8)).square().sum().backward()
+        assert st.head.weight.grad.shape == (32, 64)
+
     def test_bound(self):
         head = LocalizationHead(torch.tensor([1.0, 0.0, 0.0]), in_features=4, bound=0.5)
         with torch.no_grad():

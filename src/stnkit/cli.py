@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except RunInterrupted as e:  # a checkpoint was saved: say so, and how to go on, in one line
-        hint = getattr(e, "hint", None) or "rerun the same command to resume"
+        hint = e.hint or "rerun the same command to resume"
         print(f"stnkit {args.command}: {e}; {hint}", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:

@@ -82,7 +82,8 @@ class LocalizationHead(LazyModuleMixin, nn.Module):
 
     def initialize_parameters(self, features: Tensor) -> None:  # called by LazyModuleMixin on the first forward
         if self.has_uninitialized_params():
-            with torch.no_grad():
+            # ordinary tensors even on a first call under torch.inference_mode(), so the head can be trained later
+            with torch.inference_mode(False), torch.no_grad():
                 cast(UninitializedParameter, self.weight).materialize((self.identity.numel(), features.shape[-1]))
                 self.reset_parameters()
 

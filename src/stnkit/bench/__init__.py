@@ -15,9 +15,10 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
 
 import torch
+
+from stnkit.files import atomic_write_text
 
 __all__ = ["main"]
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps([r.row() for r in warp_rows], indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps([r.row() for r in warp_rows], indent=1) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+        atomic_write_text(args.markdown, text + "\n")
     return 0

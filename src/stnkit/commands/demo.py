@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from stnkit.commands._common import print_metrics_table, progress_default
+from stnkit.files import atomic_write_json
 
 NAME = "demo"
 HELP = "train an ST-CNN and a CNN on RTS MNIST (about 5 minutes on 2 CPU cores), print both errors, draw the figure"
@@ -66,5 +66,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"figure: {figure}   (inputs with the attended region in red, beside the transformer's outputs)")
     print(f"total wall time {wall:.0f} s; runs in {out}/st-cnn and {out}/cnn")
     summary = {"wall_s": round(wall, 1), "figure": str(figure), "runs": rows}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "demo.json", summary)
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from stnkit.commands._common import add_hardware_args, devices, progress_default
 
@@ -66,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # flags whose default the command fills in, so that --resume can tell a flag given from a flag left alone
-_DEFAULTS = {"dataset": "rts", "model": "st-cnn", "transform": "affine", "recipe": "cpu", "seed": 0,
+_DEFAULTS: dict[str, Any] = {"dataset": "rts", "model": "st-cnn", "transform": "affine", "recipe": "cpu",
+                            "seed": 0,
              "val_size": 5000, "num_workers": 0}
 # what a run trains (fixed once it started) vs where and how it runs (may change on --resume)
 _WHAT = ("dataset", "model", "transform", "recipe", "epochs", "batch_size", "optimizer", "lr", "momentum",
@@ -93,7 +95,7 @@ def config_from_args(args: argparse.Namespace):
     if args.bound is not None:
         if args.bound <= 0:
             raise ValueError(f"--bound must be positive; got {args.bound}")
-        if not (args.model or _DEFAULTS["model"]).lower().startswith("st-"):
+        if not str(args.model or _DEFAULTS["model"]).lower().startswith("st-"):
             raise ValueError(f"--bound applies to ST models; {args.model!r} has no spatial transformer")
         given["model_kwargs"] = {"bound": args.bound}
     kw = {**given, **{k: v for k, v in _DEFAULTS.items() if given.get(k) is None}}
@@ -112,8 +114,13 @@ def config_from_args(args: argparse.Namespace):
     if not saved.is_file():
         raise FileNotFoundError(f"nothing to resume: {saved} does not exist")
     resumed = TrainConfig.load(saved)
-    conflicts = [f"--{k.replace('_', '-')} {given[k]} (the run's: {getattr(resumed, k)})" for k in _WHAT
-                 if given.get(k) is not None and _normal(given[k]) != _normal(getattr(resumed, k))]
+    recipe = resumed.resolved_recipe()  # the values the run trains with: its recipe's unless overridden
+
+    def recorded(k: str):
+        return getattr(recipe, k) if hasattr(recipe, k) else getattr(resumed, k)
+
+    conflicts = [f"--{k.replace('_', '-')} {given[k]} (the run's: {recorded(k)})" for k in _WHAT
+                 if given.get(k) is not None and _normal(given[k]) != _normal(recorded(k))]
     if conflicts:
         raise ValueError(f"--resume continues the run in {config.run_dir()} as it was started; these flags "
                          f"conflict with it: {'; '.join(conflicts)}; drop them, or start a new run with another "
@@ -151,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"stnkit train: {describe(config)}; run dir {config.run_dir()}", flush=True)
     from stnkit.training import fit
     from stnkit.training.callbacks import PrintValidation
-
     from stnkit.training.errors import RunInterrupted
 
     try:

@@ -84,12 +84,9 @@ _CHUNK = 1 << 20
 
 def _open(path: Path) -> BinaryIO:
     """Open the file for streaming, decompressing when its content is gzip (by the magic bytes, not the name)."""
-    f = open(path, "rb")
-    if f.read(2) == b"\x1f\x8b":
-        f.close()
-        return cast(BinaryIO, gzip.open(path, "rb"))
-    f.seek(0)
-    return f
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    return cast(BinaryIO, gzip.open(path, "rb")) if gzipped else open(path, "rb")  # noqa: SIM115
 
 
 def _read_exactly(f: BinaryIO, n: int, path: Path, what: str, digest: Any) -> bytes:

@@ -1,5 +1,7 @@
-"""Callbacks of :func:`stnkit.training.fit` (a final validation, a stopwatch, snapshots, a checkpoint at a signal)
-and its checkpoint writer."""
+"""Callbacks of :func:`stnkit.training.fit` and its checkpoint writer.
+
+A final validation, a training stopwatch, checkpoint snapshots, a checkpoint at SIGTERM/SIGINT, atomic writes.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ __all__ = ["AtomicCheckpointIO", "PrintValidation", "SaveOnSignal", "Snapshots",
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints with :func:`stnkit.files.atomic_torch_save`: the previous file survives any kill or full
-    disk (Lightning's own writer copies over the target when the temporary folder is on another filesystem)."""
+    """Write checkpoints with :func:`stnkit.files.atomic_torch_save`, so the previous file survives any kill.
+
+    Lightning's own writer copies over the target when the temporary folder is on another filesystem.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, path)
@@ -55,7 +59,7 @@ class SaveOnSignal(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.signum is not None:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: optimiser, loops, RNG
             raise RunInterrupted(self.signum, trainer.global_step, str(self.path))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

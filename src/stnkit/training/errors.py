@@ -22,10 +22,12 @@ class RunInterrupted(RuntimeError):
 
     Attributes:
         exit_status: ``128 + signum``, the status a shell reports for a process ended by that signal.
+        hint: how to resume, in the words of the command that ran ``fit`` (the CLI prints it).
     """
 
     def __init__(self, signum: int, step: int, checkpoint: str, saved: bool = True) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_status = 128 + signum
+        self.hint: str | None = None  # how to go on, set by the command that knows its own spelling
         kept = f"checkpoint saved: {checkpoint}" if saved else f"the last validation's checkpoint is {checkpoint}"
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; {kept}")

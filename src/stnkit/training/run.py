@@ -31,8 +31,8 @@ from stnkit.training.config import TrainConfig
 from stnkit.training.errors import RunInterrupted
 from stnkit.training.lit_module import STNLitModule
 
-__all__ = ["check_checkpoint", "evaluate", "fit", "is_run_dir", "load_checkpoint", "make_datamodule", "resolve_checkpoint",
-           "write_json"]
+__all__ = ["check_checkpoint", "evaluate", "fit", "is_run_dir", "load_checkpoint", "make_datamodule",
+           "resolve_checkpoint", "write_json"]
 
 # Lightning hints that do not apply here: generation is batched in the main process (workers only add copies),
 # resumed epochs skip the batches already done (the data module's sampler), run directories are ours to reuse.
@@ -74,28 +74,31 @@ def is_run_dir(folder: Path) -> bool:
     return isinstance(config, dict) and {"dataset", "model", "recipe"} <= config.keys()
 
 
-def _check_out(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
-    """Refuse, before anything is written, a run directory that would lose a run or someone else's files."""
+def _check_foreign(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
+    """Refuse, before anything is written, an ``--out`` that holds someone else's files."""
+    if config.resume or overwrite or not run_dir.is_dir() or is_run_dir(run_dir):
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES or p.name == "config.json")
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise FileExistsError(f"{run_dir} is not empty and not a stnkit run (it holds {shown}); choose another "
+                              f"--out, or pass --overwrite to write the run into it")
+
+
+def _check_existing(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
+    """Refuse (under the run's lock) to resume nothing or a broken checkpoint, or to start over a run."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if config.resume:
         if not last.exists():
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
         check_checkpoint(last)
-        return
-    if overwrite:
-        return
-    if last.exists():
+    elif not overwrite and last.exists():
         raise FileExistsError(f"{run_dir} already holds a run; resume it (--resume), replace it (--overwrite) or "
                               f"choose another --out")
-    if run_dir.is_dir() and not is_run_dir(run_dir):
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES or p.name == "config.json")
-        if foreign:
-            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-            raise FileExistsError(f"{run_dir} is not empty and not a stnkit run (it holds {shown}); choose another "
-                                  f"--out, or pass --overwrite to write the run into it")
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> None:
+    _check_existing(run_dir, config, overwrite)
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -175,9 +178,10 @@ def fit(
         step_size=recipe.step_size, gamma=recipe.gamma, pct_start=recipe.pct_start,
         loc_lr_scale=recipe.loc_lr_scale, channels_last=recipe.channels_last, model_kwargs=config.model_kwargs,
     )
-    if datamodule is None:
-        dm.prepare_data()  # fail fast (missing MNIST) before anything is written
-    _check_out(run_dir, config, overwrite)
+    if datamodule is None:  # fail fast (missing MNIST, subsets larger than the data) before anything is written
+        dm.prepare_data()
+        dm.setup("fit")
+    _check_foreign(run_dir, config, overwrite)
     # one process per run directory; Lightning's DDP workers re-run this code with LOCAL_RANK/NODE_RANK set
     lock = FolderLock(run_dir, "run directory") if os.environ.get("LOCAL_RANK", "0") == "0" and \
         os.environ.get("NODE_RANK", "0") == "0" else None
