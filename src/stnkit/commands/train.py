@@ -68,8 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # flags whose default the command fills in, so that --resume can tell a flag given from a flag left alone
 _DEFAULTS: dict[str, Any] = {"dataset": "rts", "model": "st-cnn", "transform": "affine", "recipe": "cpu",
-                            "seed": 0,
-             "val_size": 5000, "num_workers": 0}
+                             "seed": 0, "val_size": 5000, "num_workers": 0}
 # what a run trains (fixed once it started) vs where and how it runs (may change on --resume)
 _WHAT = ("dataset", "model", "transform", "recipe", "epochs", "batch_size", "optimizer", "lr", "momentum",
          "weight_decay", "scheduler", "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "seed",
