@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
     from stnkit.training import TrainConfig, fit
     from stnkit.training.callbacks import PrintValidation
+    from stnkit.training.errors import RunInterrupted
     from stnkit.viz import visualize_run
 
     t0 = time.perf_counter()
@@ -53,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{i}/2] training {model}{' (' + args.transform + ')' if model.startswith('st-') else ''} on RTS "
               f"MNIST: {r.steps} steps of {r.batch_size}, {r.optimizer} lr {r.lr:g} {r.scheduler}, "
               f"{config.precision_used()}", flush=True)
-        m = fit(config, overwrite=True, callbacks=[] if config.progress else [PrintValidation("      ")])
+        try:
+            m = fit(config, overwrite=True, callbacks=[] if config.progress else [PrintValidation("      ")])
+        except RunInterrupted as e:
+            e.hint = "the demo starts over when run again"
+            raise
         m["label"] = model.upper() + (f" ({args.transform})" if model.startswith("st-") else "")
         rows.append(m)
         print(f"      test error {m['test_err']:.2f} % after {m['train_s']:.0f} s", flush=True)
