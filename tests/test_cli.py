@@ -159,3 +159,13 @@ class TestEndToEnd:
         out = capsys.readouterr().out
         assert "ST-CNN tps" in out
         assert "FCN" in out
+
+
+def test_library_only_install_gets_one_line():
+    """Without the [train] extra (simulated: lightning unimportable), training commands say what to install."""
+    code = ("import sys; sys.modules['lightning'] = None; from stnkit.cli import main; "
+            "sys.exit(main(['train', '--recipe', 'smoke']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "stnkit train: needs lightning, which the library alone does not install; pip install 'stnkit[train]'"]

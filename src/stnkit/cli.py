@@ -33,6 +33,9 @@ class _UsageError(Exception):
     pass
 
 
+_TRAIN_EXTRAS = ("lightning", "matplotlib", "PIL")  # the modules of the [train] extra that commands import
+
+
 def command_modules() -> list[ModuleType]:
     """Return the subcommand modules of :mod:`stnkit.commands`, in display order."""
     import stnkit.commands as pkg
@@ -100,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = e.hint or "rerun the same command to resume"
         print(f"stnkit {args.command}: {e}; {hint}", file=sys.stderr)
         return e.exit_status
+    except ModuleNotFoundError as e:  # a library-only install (pip install stnkit) has no training stack
+        missing = (e.name or "").split(".")[0]
+        if args.debug or missing not in _TRAIN_EXTRAS:
+            raise
+        print(f"stnkit {args.command}: needs {missing}, which the library alone does not install; "
+              f"pip install 'stnkit[train]'", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("stnkit: interrupted", file=sys.stderr)
         return 130

@@ -20,7 +20,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this command's arguments to its parser."""
-    p.add_argument("--data-dir", help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit)")
+    p.add_argument("--data-dir",
+                   help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit/mnist)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--recipe", default="demo", help="training recipe (default demo)")
     p.add_argument("--transform", default="affine", help="transform of the ST-CNN (default affine)")

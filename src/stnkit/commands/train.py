@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     d = p.add_argument_group("data and output")
     d.add_argument("--seed", type=int, help="seed of weights, split, order and distortions (default 0)")
-    d.add_argument("--data-dir", help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit)")
+    d.add_argument("--data-dir",
+                   help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit/mnist)")
     d.add_argument("--out", help="run directory (default runs/<dataset>-<model>[-<transform>]-<recipe>-s<seed>)")
     d.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     d.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
