@@ -156,3 +156,14 @@ def test_config_roundtrip_through_checkpoint(tiny_config, tmp_path):
     _, loaded, _ = load_checkpoint(tmp_path / "run")
     assert loaded.resolved_recipe() == config.resolved_recipe()
     assert isinstance(loaded, TrainConfig)
+
+
+def test_run_records_the_data_folder_it_found(tiny_config, tmp_path, monkeypatch, mnist_dir):
+    """A run found through $STNKIT_DATA records the folder, so evaluating it later needs no environment."""
+    monkeypatch.setenv("STNKIT_DATA", str(mnist_dir))
+    m = fit(tiny_config(steps=1, data_dir=None))
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"]
+    assert recorded == str(mnist_dir)
+    monkeypatch.delenv("STNKIT_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # nothing to find, nothing to download
+    assert evaluate(tmp_path / "run")["test_err"] == m["test_err"]

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from stnkit.data.idx import find_mnist
 from stnkit.files import LOCK_NAME, FolderLock, FolderLockedError, atomic_write_json
 from stnkit.models import count_params
 from stnkit.training.callbacks import AtomicCheckpointIO, SaveOnSignal, Snapshots, Stopwatch, ValidateAtEnd
@@ -181,6 +182,8 @@ def fit(
     if datamodule is None:  # fail fast (missing MNIST, subsets larger than the data) before anything is written
         dm.prepare_data()
         dm.setup("fit")
+        if config.data_dir is None:  # record the folder found, so evaluate/visualize read the same data later
+            config = dataclasses.replace(config, data_dir=str(find_mnist(None, download=False)))
     _check_foreign(run_dir, config, overwrite)
     # one process per run directory; Lightning's DDP workers re-run this code with LOCAL_RANK/NODE_RANK set
     lock = FolderLock(run_dir, "run directory") if os.environ.get("LOCAL_RANK", "0") == "0" and \
