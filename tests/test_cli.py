@@ -43,6 +43,12 @@ class TestParser:
     def test_no_command(self, capsys):
         assert main([]) == 2
 
+    def test_every_flag_has_help(self):
+        commands = build_parser()._subparsers._group_actions[0].choices
+        missing = [f"{name} {a.option_strings[0]}" for name, sub in commands.items() for a in sub._actions
+                   if a.option_strings and a.dest != "help" and not a.help]
+        assert missing == []
+
     def test_train_help_lists_choices(self):
         text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
         assert "st-cnn" in text

@@ -26,12 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="demo", help="training recipe (default demo)")
     p.add_argument("--transform", default="affine", help="transform of the ST-CNN (default affine)")
     p.add_argument("--steps", type=int, help="optimiser steps of each model (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data and distortions (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     q = p.add_argument_group("quick checks (smaller data)")
-    q.add_argument("--train-subset", type=int)
-    q.add_argument("--val-subset", type=int)
-    q.add_argument("--test-subset", type=int)
+    q.add_argument("--train-subset", type=int, help="train on this many images only (default all)")
+    q.add_argument("--val-subset", type=int, help="validate on this many images only (default all)")
+    q.add_argument("--test-subset", type=int, help="test on this many images only (default all 10,000)")
 
 
 def run(args: argparse.Namespace) -> int:

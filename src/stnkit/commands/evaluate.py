@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best", action="store_true", help="use the run's best (lowest val error) checkpoint, not last")
     p.add_argument("--data-dir", help="folder with MNIST's IDX files (default: the run's)")
     p.add_argument("--test-subset", type=int, help="score only this many test images")
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--devices", default="1")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto (default auto)")
+    p.add_argument("--devices", default="1", help="devices: a number or auto (default 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

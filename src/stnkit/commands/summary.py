@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this command's arguments to its parser."""
     p.add_argument("--dataset", default="rts", help=f"one of {', '.join(_SIZES)} (sets the input size)")
     p.add_argument("--model", help="show this model's layers instead of the side-by-side counts")
-    p.add_argument("--transform", default="affine")
+    p.add_argument("--transform", default="affine", help="transform of the ST models (default affine)")
     p.add_argument("--recipe", default="cpu", help="recipe whose ST downsampling applies (RTS, TC)")
 
 
