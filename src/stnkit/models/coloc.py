@@ -128,10 +128,10 @@ def coloc_transformer(input_size: int | Sequence[int] = 84, in_channels: int = 1
         head = SoftArgmaxWindowHead(map_size, stride, input_size, scale_range, init_scale)
         return SpatialTransformer(loc, "attention", output_size=crop, head=head)
     loc, feat = coloc_localization(input_size, in_channels)
-    st = SpatialTransformer(loc, "attention", output_size=crop, in_features=feat)
-    if scale_range is not None:
-        st.head = AttentionWindowHead(feat, scale_range, init_scale)
-    return st
+    if scale_range is None:
+        return SpatialTransformer(loc, "attention", output_size=crop, in_features=feat)
+    return SpatialTransformer(loc, "attention", output_size=crop,
+                              head=AttentionWindowHead(feat, scale_range, init_scale))
 
 
 class CNNEmbedding(nn.Module):
