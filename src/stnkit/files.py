@@ -8,23 +8,29 @@ temporary file is removed on every error that Python sees.
 
 :class:`FolderLock` is an exclusive ``fcntl.flock`` on ``<folder>/.stnkit.lock``; the kernel releases it when its
 holder dies, so a killed run never leaves a stale lock. The file records the holder's pid for the error message.
+Where ``fcntl`` is missing (Windows) the lock is a no-op and the writes stay atomic.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["FolderLock", "FolderLockedError", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; FolderLock then locks nothing, as the module docstring says
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FolderLock", "FolderLockedError", "atomic_open", "atomic_torch_save", "atomic_write_bytes",
+           "atomic_write_json", "atomic_write_text"]
 
 LOCK_NAME = ".stnkit.lock"
 
@@ -38,21 +44,29 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically and durably (temp file beside it, fsync, rename, fsync folder).
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """Write ``path`` through a temporary file beside it: renamed over ``path`` only when the block ends cleanly.
+
+    On a clean exit the file is flushed, ``fsync``-ed, renamed over ``path`` and the folder ``fsync``-ed; on an
+    exception it is removed and ``path`` is unchanged (raise inside the block to discard what was written).
+
+    Args:
+        path: the target.
+        suffix: ending of the temporary file's name (``.<name>.<random><suffix>``).
 
     Raises:
         OSError: the folder is not writable or the disk is full; ``path`` is then unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; run files are ordinary shareable files
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -60,6 +74,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` by ``data`` atomically and durably (:func:`atomic_open`).
+
+    Raises:
+        OSError: the folder is not writable or the disk is full; ``path`` is then unchanged.
+    """
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -106,6 +130,8 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return self
         fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import math
 import os
-import tempfile
 import urllib.request
 import warnings
 import zlib
@@ -23,6 +22,8 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 import torch
 from torch import Tensor
+
+from stnkit.files import atomic_open
 
 __all__ = [
     "MAX_IDX_BYTES",
@@ -325,23 +326,15 @@ def download_mnist(
         errors = []
         for mirror in mirrors:
             url = f"{mirror.rstrip('/')}/{name}.gz"
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=root)
             try:
-                with os.fdopen(fd, "wb") as out, opener(url, timeout=60) as response:
+                with atomic_open(root / f"{name}.gz", suffix=".part") as out, opener(url, timeout=60) as response:
                     got = _copy_and_digest(response, out, url)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if got != digest:
-                    errors.append(f"{url}: checksum mismatch (SHA-256 of the decompressed file {got}, expected "
-                                  f"{digest})")
-                    continue
-                os.replace(tmp, root / f"{name}.gz")
+                    if got != digest:  # raised inside: the temporary file is discarded
+                        raise DataError(f"checksum mismatch (SHA-256 of the decompressed file {got}, expected "
+                                        f"{digest})")
                 break
             except (OSError, DataError, zlib.error) as err:  # URLError is an OSError
                 errors.append(f"{url}: {err}")
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
         else:
             raise DataError(f"could not download {name}.gz into {root}:\n  " + "\n  ".join(errors) +
                             "\nDownload the four files by hand and set STNKIT_DATA (or data_dir) to their folder.")
