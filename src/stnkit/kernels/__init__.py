@@ -2,8 +2,9 @@
 
 This package sits below :mod:`stnkit.transforms` and imports only torch: it takes output->source matrices in the
 normalised frame (see :mod:`stnkit.kernels.ops` for the convention), never a Transform. The ops run through
-``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.func``, and are exact to second order (their
-backward is differentiable).
+``torch.compile(fullgraph=True)`` and ``torch.export``, and are exact to second order (their backward is
+differentiable). Under ``torch.func`` transforms (grad, vmap), which cannot enter these ops, the same functions
+compute the reference composition in plain torch ops.
 
 Per device: on CPU a C++ kernel (built with ninja and the system compiler on first use, cached; see
 :mod:`stnkit.kernels.build`), on CUDA the Triton kernels of ``stnkit.kernels.triton_warp`` when present; wherever
@@ -94,6 +95,9 @@ def warp_matrix(
     if input.shape[2] == 0 or input.shape[3] == 0:
         raise ValueError(f"expected input to have non-empty spatial dimensions (as F.grid_sample); got "
                          f"{tuple(input.shape)}")
+    if ops.in_functorch():  # torch.func.grad / vmap: the reference composition, which they support
+        return ops.reference_warp(input, matrix, int(size[0]), int(size[1]), ops.PADDINGS.index(padding_mode),
+                                  bool(align_corners), bool(projective), float(eps))
     c = input.shape[1]
     save = bool(torch.is_grad_enabled() and matrix.requires_grad and not input.requires_grad
                 and c <= ops.SAVE_DERIV_MAX_CHANNELS)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from stnkit.kernels import build
 
-__all__ = ["PADDINGS", "matrix_grid", "matrix_grid_backward", "reference_warp", "tps_grid", "warp_matrix_op"]
+__all__ = ["PADDINGS", "in_functorch", "matrix_grid", "matrix_grid_backward", "reference_warp", "tps_grid", "warp_matrix_op"]
 
 PADDINGS = ("zeros", "border", "reflection")
 # Above this many channels the forward pass does not keep d out / d (u, v[, w]) for the backward (it would cost
@@ -117,6 +117,19 @@ def _triton():
     except ImportError:
         return None
     return triton_warp if triton_warp.available() else None
+
+
+def in_functorch() -> bool:
+    """Return whether a ``torch.func`` transform (grad, vmap, ...) is active; it cannot enter these custom ops.
+
+    Under such a transform the callers run the reference composition (plain torch ops), which it supports.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # pragma: no cover - torch without functorch
+        return False
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -325,4 +338,7 @@ def tps_grid(offsets: Tensor, m_t: Tensor, base: Tensor) -> Tensor:
         >>> tps_grid(torch.zeros(2, 4, 2), torch.rand(4, 6), torch.zeros(1, 6, 2)).shape
         torch.Size([2, 6, 2])
     """
+    if in_functorch():  # differentiable torch ops (no out=)
+        flat = torch.bmm(offsets.transpose(1, 2), m_t.expand(offsets.shape[0], -1, -1))  # (N, 2, P)
+        return base + flat.transpose(1, 2)
     return tps_grid_op(offsets, m_t, base)
