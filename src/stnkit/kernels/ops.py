@@ -25,7 +25,9 @@ from torch import Tensor
 
 from stnkit.kernels import build
 
-__all__ = ["PADDINGS", "in_functorch", "matrix_grid", "matrix_grid_backward", "reference_warp", "tps_grid", "warp_matrix_op"]
+__all__ = [
+    "PADDINGS", "in_functorch", "matrix_grid", "matrix_grid_backward", "reference_warp", "tps_grid", "warp_matrix_op",
+]
 
 PADDINGS = ("zeros", "border", "reflection")
 # Above this many channels the forward pass does not keep d out / d (u, v[, w]) for the backward (it would cost
