@@ -188,7 +188,7 @@ class ThinPlateSpline(Transform):
         # base + M @ (y - c), each sample computed alone so that a row does not depend on the batch it is in
         # (kernels.tps_grid: C++ on CPU, else a wide (2, K) x (K, H*W) bmm; the broadcast (H*W, K) x (K, 2) form
         # was 4-10x slower fwd+bwd). Exact identity grid at identity params (zero offsets).
-        if torch.jit.is_tracing():  # TorchScript records plain ATen ops, never the custom op
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # exporters take plain ATen ops only
             flat = torch.bmm(offsets.transpose(1, 2), m_t.expand(offsets.shape[0], -1, -1))  # (N, 2, H*W)
             return (base + flat.transpose(1, 2)).reshape(-1, h, w, 2)  # (N, H, W, 2)
         return kernels.tps_grid(offsets, m_t, base).view(-1, h, w, 2)  # (N, H, W, 2)
