@@ -1,43 +1,49 @@
-"""The fused C++ warp (stnkit._ext) against the reference path (grid + F.grid_sample), and its fallbacks."""
+"""The fused warp op (stnkit.kernels) through ``warp`` against the reference path (``fast=False``), and its dispatch."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 import stnkit
-from stnkit import _ext
+from stnkit import kernels
 from stnkit import transforms as T
-from stnkit._ext import fused
-from stnkit.sampling import _sample, _warp
+from stnkit.kernels import build
+from stnkit.sampling import sample, warp_checked
 
 TRANSFORMS = ["affine", "attention", "similarity", "translation", "projective"]
 
 
 @pytest.fixture(scope="module")
 def ext():
-    # the dev environment has a compiler and ninja (both in the test command's setup), so the extension must
-    # build here; a failure to build is a test failure, not a skip (users without a compiler get the fallback,
+    # the dev environment has a compiler and ninja (both in the test command's setup), so the kernel must build
+    # here; a failure to build is a test failure, not a skip (users without a compiler get the reference path,
     # which TestFallback covers)
-    module = _ext.load()
-    assert module is not None, f"C++ extension failed to build: {_ext.build_error()}"
-    return module
+    assert kernels.cpu_available(), f"C++ kernel failed to build: {kernels.build_error()}"
 
 
 def _params(t: T.Transform, n: int, dtype: torch.dtype, scale: float = 0.2) -> torch.Tensor:
     return t.identity()[None].to(dtype) + scale * torch.randn(n, t.num_params, dtype=dtype)
 
 
+def _warp(x, t, p, size, mode, padding_mode, align_corners, fast=True):
+    return warp_checked(x, t, p, size, mode, padding_mode, align_corners, fast=fast)
+
+
 def _reference(x, t, p, size, padding_mode, align_corners):
-    return _sample(x, t.grid(p, size, align_corners), "bilinear", padding_mode, align_corners)
+    return _warp(x, t, p, size, "bilinear", padding_mode, align_corners, fast=False)
 
 
 def _is_fused(out: torch.Tensor) -> bool:
     fn = out.grad_fn
     while fn is not None and "ToCopy" in type(fn).__name__:  # dtype casts around the fused op
         fn = fn.next_functions[0][0]
-    return fn is not None and "FusedWarpFn" in type(fn).__name__
+    return fn is not None and "stnkit_warp_matrix" in type(fn).__name__
 
 
 @pytest.mark.usefixtures("ext")
@@ -124,7 +130,7 @@ class TestFallback:
         p = _params(t, 2, torch.float32).requires_grad_()
         out = stnkit.warp(x, p, t, (5, 6), mode=mode, padding_mode=padding_mode)
         assert not _is_fused(out)
-        ref = _sample(x, t.grid(p, (5, 6), False), mode, padding_mode, False)
+        ref = sample(x, t.grid(p, (5, 6), False), mode, padding_mode, False)
         torch.testing.assert_close(out, ref)
 
     @pytest.mark.parametrize("name", ["tps", "affine3d"])
@@ -134,82 +140,81 @@ class TestFallback:
         p = _params(t, 2, torch.float32, 0.05).requires_grad_()
         assert not _is_fused(stnkit.warp(x, p, t))
 
-    def test_extension_unavailable(self, monkeypatch):
-        monkeypatch.setattr(_ext, "_state", {"error": "simulated build failure"})
-        assert _ext.load() is None
-        assert _ext.build_error() == "simulated build failure"
-        t = T.get("projective")
+    def test_reference_path_by_argument(self):
+        t = T.get("affine")
         x = torch.rand(2, 1, 6, 7)
         p = _params(t, 2, torch.float32, 0.05).requires_grad_()
-        out = stnkit.warp(x, p, t, (4, 5))
+        out = _warp(x, t, p, (4, 5), "bilinear", "zeros", False, fast=False)
         assert not _is_fused(out)
-        torch.testing.assert_close(out, _reference(x, t, p, (4, 5), "zeros", False))
+        assert "AffineGridFn" not in str(out.grad_fn.next_functions)  # reference grid: autograd broadcast ops
 
-    def test_disabled_by_environment(self, monkeypatch):
-        monkeypatch.setattr(_ext, "_state", {})
-        monkeypatch.setenv("STNKIT_DISABLE_EXT", "1")
-        assert _ext.load() is None
-        assert "STNKIT_DISABLE_EXT" in (_ext.build_error() or "")
+    def test_kernel_unavailable_uses_reference(self):
+        # a process where the kernel cannot be used (here: disabled) warps on the reference path, same values
+        code = (
+            "import torch, stnkit; from stnkit import kernels; from stnkit.sampling import warp_checked\n"
+            "t = stnkit.transforms.get('projective'); x = torch.rand(2, 1, 6, 7)\n"
+            "p = t.identity()[None] + 0.05 * torch.randn(2, 8)\n"
+            "out = stnkit.warp(x, p, t, (4, 5))\n"
+            "ref = warp_checked(x, t, p, (4, 5), 'bilinear', 'zeros', False, fast=False)\n"
+            "torch.testing.assert_close(out, ref)\n"
+            "assert not kernels.cpu_available() and 'STNKIT_DISABLE_EXT' in kernels.build_error()\n"
+        )
+        env = {**os.environ, "STNKIT_DISABLE_EXT": "1"}
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
-    def test_autocast_uses_reference(self):
+    def test_autocast_keeps_float32_coordinates(self):
+        t = T.get("affine")
         x = torch.rand(2, 1, 6, 7)
+        p = _params(t, 2, torch.float32)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not fused.fused_applies(x, T.get("affine"), "bilinear", "zeros")
-
-    def test_tracing_uses_reference(self, monkeypatch):
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-        assert not fused.fused_applies(torch.rand(1, 1, 4, 4), T.get("affine"), "bilinear", "zeros")
+            out = stnkit.warp(x, p, t, (5, 5))
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, _reference(x, t, p, (5, 5), "zeros", False))
 
     def test_import_builds_nothing(self):
         import subprocess
         import sys
 
-        code = ("import sys, stnkit; from stnkit import _ext; "
-                "assert 'torch.utils.cpp_extension' not in sys.modules; assert _ext._state == {}")
+        code = ("import sys, stnkit; from stnkit import kernels; "
+                "assert 'torch.utils.cpp_extension' not in sys.modules; assert kernels.build_error() is None")
         subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_extension_build_folder_is_keyed_by_source_content(tmp_path, monkeypatch):
-    """Checkouts of the same code share one build; other flags, sources or torch installations get their own."""
-    monkeypatch.setenv("STNKIT_EXT_DIR", str(tmp_path))
-    build, sources = _ext._stage_sources("m", ["-O3"])
-    again, _ = _ext._stage_sources("m", ["-O3"])
-    other, _ = _ext._stage_sources("m", ["-O2"])
-    assert build == again != other
-    monkeypatch.setattr(_ext.torch, "__file__", str(tmp_path / "another-env" / "torch" / "__init__.py"))
-    other_env, _ = _ext._stage_sources("m", ["-O3"])
-    assert other_env not in (build, other)  # another torch installation gets its own build
-    assert build.is_relative_to(tmp_path)
-    for staged in sources:
-        original = _ext.Path(_ext.__file__).parent / _ext.Path(staged).name
-        assert _ext.Path(staged).read_bytes() == original.read_bytes()
+def test_build_folder_is_keyed_by_source_content(tmp_path):
+    """Checkouts of the same code share one build; other flags get their own."""
+    env = {**os.environ, "STNKIT_EXT_DIR": str(tmp_path)}
+    code = ("from stnkit.kernels import build; a, s = build._stage_sources('m', ['-O3']); "
+            "b, _ = build._stage_sources('m', ['-O3']); c, _ = build._stage_sources('m', ['-O2']); "
+            "assert a == b != c; print(a); print(*s)")
+    lines = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True,
+                           timeout=60).stdout.splitlines()
+    assert lines[0].startswith(str(tmp_path))
+    for staged in lines[1].split():
+        original = os.path.join(os.path.dirname(build.__file__), os.path.basename(staged))
+        with open(staged, "rb") as a, open(original, "rb") as b:
+            assert a.read() == b.read()
 
 
 def test_killed_build_lock_does_not_hang_later_loads(ext):
     """A torch build lock left by a process killed mid-build must not block the next process forever (it did: CI)."""
-    import subprocess
-    import sys
-
-    name, flags = _ext._variant()
-    build, _ = _ext._stage_sources(name, flags)
-    (build / "lock").touch()  # what a process killed inside cpp_extension.load leaves behind
-    code = "from stnkit import _ext; m = _ext.load(); assert m is not None, _ext.build_error()"
+    name, flags = build._variant()
+    folder, _ = build._stage_sources(name, flags)
+    (folder / "lock").touch()  # what a process killed inside cpp_extension.load leaves behind
+    code = "from stnkit.kernels import build; m = build.load(); assert m is not None, build.build_error()"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    assert not (build / "lock").exists()
+    assert not (folder / "lock").exists()
 
 
 def test_build_lock_is_released_when_its_holder_dies(tmp_path):
     """The OS lock around a build is freed by the kernel when the process holding it is killed."""
-    import subprocess
-    import sys
     import threading
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time, pathlib; from stnkit import _ext\n"
-            f"with _ext._exclusive(pathlib.Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(600)",
+            "import sys, time, pathlib; from stnkit.kernels import build\n"
+            f"with build._exclusive(pathlib.Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -220,7 +225,7 @@ def test_build_lock_is_released_when_its_holder_dies(tmp_path):
         acquired = threading.Event()
 
         def take() -> None:
-            with _ext._exclusive(tmp_path):
+            with build._exclusive(tmp_path):
                 acquired.set()
 
         waiter = threading.Thread(target=take, daemon=True)

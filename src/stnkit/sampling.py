@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stnkit import kernels
 from stnkit import transforms as _transforms
 from stnkit._checks import (
     check_batch,
@@ -24,9 +25,9 @@ from stnkit._checks import (
     normalize_size,
     shape_str,
 )
-from stnkit._ext import fused as _fused
 from stnkit.grid import identity_grid
-from stnkit.transforms.base import Transform, grid_dtype
+from stnkit.transforms.base import MatrixTransform, Transform, grid_dtype, no_autocast
+from stnkit.transforms.projective import PERSPECTIVE_EPS, Projective
 
 __all__ = [
     "MAX_ANTIALIAS_FACTOR", "MODES", "PADDING_MODES", "antialias_factors", "check_options", "sample", "warp",
@@ -238,13 +239,14 @@ def warp(
 
 def warp_checked(
     input: Tensor, transform: Transform, params: Tensor, size: Sequence[int], mode: str, padding_mode: str,
-    align_corners: bool, *, fill_value: float | Tensor | None = None, antialias: bool = False,
+    align_corners: bool, *, fill_value: float | Tensor | None = None, antialias: bool = False, fast: bool = True,
 ) -> Tensor:
     """:func:`warp` on arguments already validated (``params`` (N, P), ``size`` a tuple); for layers.
 
     :class:`~stnkit.SpatialTransformer` validates its options once at construction and calls this per forward.
     It chooses the reference composition (grid + ``F.grid_sample``) while exporting to ONNX, whose exporter
-    cannot translate the fast paths' custom ops.
+    cannot translate the fast paths' custom ops, and when ``fast=False`` (the same values by the reference
+    formulas, differentiated by autograd: what tests and benchmarks compare the fast paths against).
 
     Example:
         >>> t = _transforms.get("affine")
@@ -259,19 +261,19 @@ def warp_checked(
     # bicubic) sum to 1 and zero padding drops the taps outside the input, which then read f
     x = input if offset is None else input - offset
     if all(f == 1 for f in factors):
-        out = _warp_path(x, transform, params, tuple(size), mode, pad, align_corners)
+        out = _warp_path(x, transform, params, tuple(size), mode, pad, align_corners, fast)
     else:
-        out = _supersampled(x, transform, params, tuple(size), factors, mode, pad, align_corners)
+        out = _supersampled(x, transform, params, tuple(size), factors, mode, pad, align_corners, fast)
     return out if offset is None else out + offset
 
 
 def _warp_path(
     input: Tensor, transform: Transform, params: Tensor, size: tuple[int, ...], mode: str, padding_mode: str,
-    align_corners: bool,
+    align_corners: bool, fast: bool = True,
 ) -> Tensor:
     if torch.onnx.is_in_onnx_export():  # the exporters cannot translate the fast paths' custom ops
         return _sample_path(input, transform.grid(params, size, align_corners), mode, padding_mode, align_corners)
-    return _warp(input, transform, params, size, mode, padding_mode, align_corners)
+    return _warp(input, transform, params, size, mode, padding_mode, align_corners, fast=fast)
 
 
 def _sample_path(input: Tensor, grid: Tensor, mode: str, padding_mode: str, align_corners: bool) -> Tensor:
@@ -305,14 +307,14 @@ def antialias_factors(
 
 def _supersampled(
     input: Tensor, transform: Transform, params: Tensor, size: tuple[int, ...], factors: tuple[int, ...],
-    mode: str, padding_mode: str, align_corners: bool,
+    mode: str, padding_mode: str, align_corners: bool, fast: bool = True,
 ) -> Tensor:
     # align_corners=False: the pixel centres of the (s*H, s*W) grid are the s x s sub-pixel centres inside each
     # output pixel's extent, so the fine warp averaged over s x s blocks is the footprint average
     fine = tuple(o * f for o, f in zip(size, factors, strict=True))
     pool = F.avg_pool2d if len(size) == 2 else F.avg_pool3d
     if not align_corners:
-        out = _warp_path(input, transform, params, fine, mode, padding_mode, align_corners)  # (N, C, *fine)
+        out = _warp_path(input, transform, params, fine, mode, padding_mode, align_corners, fast)  # (N, C, *fine)
         return pool(out, factors, factors)
     # align_corners=True: output pixel i (of n) spans its centre -1 + 2i/(n-1) +- 1/(n-1); its sub-pixel centres
     # are the align_corners=False centres of the fine grid scaled by n/(n-1) (n = 1: the single centre, 0)
@@ -326,17 +328,36 @@ def _supersampled(
 
 def _warp(
     input: Tensor, transform: Transform, params: Tensor, size: Sequence[int], mode: str, padding_mode: str,
-    align_corners: bool,
+    align_corners: bool, *, fast: bool = True,
 ) -> Tensor:
     """Grid generator + sampler on validated arguments (also used by ``SpatialTransformer``).
 
-    On CPU, affine-family and projective bilinear warps with zeros/border padding go through the fused C++
-    kernel (``stnkit._ext``: coordinates computed on the fly, no grid materialised; built on first use, cached);
-    everything else, and any case where the kernel is unavailable or a tracer is active, builds the grid and
-    calls ``_sample`` (``F.grid_sample``), the reference path.
+    With ``fast``, 2-D matrix transforms (affine family, projective) with bilinear zeros/border padding (CUDA:
+    also reflection) go through the fused op ``stnkit::warp_matrix`` (:mod:`stnkit.kernels`: coordinates
+    computed on the fly, no grid materialised; traceable by compile/export, differentiable to any order);
+    everything else builds the grid (fast grid paths) and calls ``_sample`` (``F.grid_sample``). ``fast=False``
+    is the reference path: the reference grid formulas and ``F.grid_sample``, differentiated by autograd.
     """
-    out = _fused.fused_warp(input, transform, params, size, mode, padding_mode, align_corners)
-    if out is not None:
-        return out
-    grid = transform.grid(params, size, align_corners)
+    if fast and _fused_applies(input, transform, mode, padding_mode):
+        assert isinstance(transform, MatrixTransform)  # _fused_applies checked it; narrows for to_matrix
+        # coordinates in float32 (float64 for float64 params), sampled in the promotion with the input's dtype
+        dtype = torch.promote_types(input.dtype, grid_dtype(params.dtype))
+        with no_autocast(params.device):
+            matrix = transform.to_matrix(params.to(dtype))  # (N, 3, 3) output -> source, normalised frame
+            out = kernels.warp_matrix(input.to(dtype), matrix, size, padding_mode, align_corners,
+                                      projective=isinstance(transform, Projective), eps=PERSPECTIVE_EPS)
+        return out.to(input.dtype)
+    grid = transform.grid(params, size, align_corners, fast=fast)
     return _sample(input, grid, mode, padding_mode, align_corners)
+
+
+def _fused_applies(input: Tensor, transform: Transform, mode: str, padding_mode: str) -> bool:
+    return (
+        input.ndim == 4
+        and mode == "bilinear"
+        and isinstance(transform, MatrixTransform)
+        and transform.spatial_dims == 2
+        and kernels.supports(input.device, padding_mode)
+        and not torch.jit.is_tracing()  # TorchScript records plain ATen ops, never the custom op
+        and not torch.jit.is_scripting()
+    )

@@ -1,4 +1,4 @@
-"""Fast grid paths (transforms/_grid_fn.py, the TPS GEMM layout) against their reference implementations."""
+"""Fast grid paths (analytic affine backward, the TPS grid op) against the reference formulas (``grid(fast=False)``)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import stnkit
-from stnkit.transforms import ThinPlateSpline, affine_grid, affine_grid3d
-from stnkit.transforms._grid_fn import (
-    _affine_grid3d_reference,
-    _affine_grid_fast,
-    _affine_grid_reference,
-    _grid_grad_to_theta,
-)
+from stnkit.transforms import Affine, Affine3D, ThinPlateSpline, affine_grid, affine_grid3d
 
 SIZES_2D = [(5, 7), (1, 1), (1, 6), (9, 1), (13, 11)]
 SIZES_3D = [(3, 4, 5), (1, 1, 1), (2, 1, 7)]
 
 
-def _reference(size):
-    return _affine_grid_reference if len(size) == 2 else _affine_grid3d_reference
+def _affine_grid_fast(theta, size, align_corners):
+    return (affine_grid if len(size) == 2 else affine_grid3d)(theta, size, align_corners=align_corners)
+
+
+def _affine_grid_reference(theta, size, align_corners):
+    t = Affine() if len(size) == 2 else Affine3D()
+    return t.grid(theta.reshape(theta.shape[0], -1), size, align_corners, fast=False)
 
 
 def _theta(n, size, dtype):
@@ -37,7 +36,7 @@ class TestAffineGridFast:
     def test_matches_reference(self, size, align_corners, dtype, n):
         theta = _theta(n, size, dtype).requires_grad_()
         fast = _affine_grid_fast(theta, size, align_corners)
-        ref = _reference(size)(theta, size, align_corners)
+        ref = _affine_grid_reference(theta, size, align_corners)
         tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
         torch.testing.assert_close(fast, ref, **tol)
         grad = torch.randn_like(fast)
@@ -87,7 +86,9 @@ class TestAffineGridFast:
         base = stnkit.identity_grid(size, dtype=torch.float64)  # (1, H, W, 2)
         base_h = torch.cat([base, torch.ones_like(base[..., :1])], dim=-1)  # (1, H, W, 3)
         explicit = torch.einsum("nhwi,hwj->nij", grad, base_h[0])
-        torch.testing.assert_close(_grid_grad_to_theta(grad, size, False), explicit)
+        theta = _theta(3, size, torch.float64).requires_grad_()
+        (analytic,) = torch.autograd.grad(affine_grid(theta, size), theta, grad)
+        torch.testing.assert_close(analytic, explicit)
 
     @pytest.mark.parametrize("size", [(42, 42), (5, 6, 7)])
     def test_row_independent_of_batch(self, size):
@@ -132,9 +133,7 @@ class TestTraceable:
 
 
 def _tps_reference(t: ThinPlateSpline, params, size, align_corners):
-    base, m = t.basis(size, align_corners, params.dtype)
-    offsets = params.view(-1, t.num_control_points, 2) - t.control_points.to(params.dtype)
-    return torch.matmul(m, offsets).view(-1, *size, 2) + base
+    return t.grid(params, size, align_corners, fast=False)
 
 
 class TestTPSGrid:
@@ -165,6 +164,12 @@ class TestTPSGrid:
         t = ThinPlateSpline(grid_size=3)
         params = (t.identity()[None].double() + 0.05 * torch.randn(2, t.num_params, dtype=torch.float64))
         assert torch.autograd.gradcheck(lambda p: t.grid(p, (4, 5)), (params.requires_grad_(),), fast_mode=True)
+        assert torch.autograd.gradgradcheck(lambda p: t.grid(p, (4, 5)), (params,), fast_mode=True)
+
+    def test_uses_the_op(self):
+        t = ThinPlateSpline()
+        grid = t.grid(t.identity()[None].requires_grad_(), (5, 6))
+        assert "stnkit_tps_grid" in type(grid.grad_fn.next_functions[0][0]).__name__ + type(grid.grad_fn).__name__
 
     @pytest.mark.parametrize("grid_size", [4, 8])
     def test_row_independent_of_batch(self, grid_size):

@@ -96,9 +96,9 @@ def machine_info() -> dict[str, str]:
         kornia_version = kornia.__version__
     except ImportError:
         kornia_version = "not installed"
-    from stnkit import __version__, _ext
+    from stnkit import __version__, kernels
 
-    ext = "loaded" if _ext.load() is not None else f"unavailable ({_ext.build_error()})"
+    ext = "loaded" if kernels.cpu_available() else f"unavailable ({kernels.build_error()})"
     capability = ""
     try:
         capability = torch.backends.cpu.get_cpu_capability()

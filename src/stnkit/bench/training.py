@@ -12,7 +12,8 @@ transformer samples at half size), timed side by side with
   (``warp`` with gradients to the parameters) and the classifier's input gradient (the classifier's step with and
   without a gradient to its input: behind a transformer its first layer must back-propagate into its input), to
   say which dominates;
-* the same ST model on stnkit's reference paths (``_reference.reference_paths``), to show what the fast paths buy.
+* the same ST model on stnkit's reference paths (``warp_checked(..., fast=False)``: reference grid formulas and
+  ``F.grid_sample``, differentiated by autograd), to show what the fast paths buy.
 
 Data: distorted samples generated per second by ``stnkit.data.DistortedMNIST.get_batch`` (batch 256) for each
 distortion, against the samples per second the matching ST-CNN consumes in training, on the same threads
@@ -31,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stnkit.bench._reference import reference_paths
 from stnkit.bench.timing import interleaved
+from stnkit.sampling import warp_checked
 
 if TYPE_CHECKING:
     from stnkit.models.mnist import STClassifier
@@ -116,11 +117,21 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], No
     return step
 
 
-def _reference(fn: Callable[[], None]) -> Callable[[], None]:
-    def run() -> None:
-        with reference_paths():
-            fn()
-    return run
+def _reference_step(model: STClassifier, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """The training step of ``model`` (as ``STClassifier.forward``) with its warp on the reference path."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    st = model.transformer
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        size = st.output_size or tuple(x.shape[2:])
+        warped = warp_checked(x, st.transform, st.predict_params(x), size, st.mode, st.padding_mode,
+                              st.align_corners, fill_value=st.fill_value, antialias=st.antialias, fast=False)
+        if model.avgpool:
+            warped = F.avg_pool2d(warped, 2)
+        F.cross_entropy(model.classifier(warped), y).backward()
+        opt.step()
+    return step
 
 
 def run_training(
@@ -164,7 +175,7 @@ def run_training(
                 cls_dx = cls_x.clone().requires_grad_()  # as behind a transformer: the gradient reaches the input
                 fns = {"st": st_step, "baseline": _step(baseline, x, y), "classifier": _step(classifier, cls_x, y),
                        "classifier_dx": _step(copy.deepcopy(classifier), cls_dx, y), "loc": loc, "warp": warp,
-                       "st_reference": _reference(st_step)}
+                       "st_reference": _reference_step(model, x, y)}
                 ms = interleaved(fns, budget_s=budget_s, min_reps=min_reps, max_reps=20, warmup=1)
                 r = StepResult(kind, transform, dataset, ms["st"], base_name, ms["baseline"], ms["classifier"],
                                ms["loc"], ms["warp"], ms["st_reference"], ms["classifier_dx"])

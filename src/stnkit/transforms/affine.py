@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from stnkit._checks import check_float, check_tensor, normalize_size, shape_str
-from stnkit.transforms._grid_fn import _affine_grid_fast, _affine_grid_reference  # noqa: F401
+from stnkit.transforms._grid_fn import _affine_grid_fast, _affine_grid_reference
 from stnkit.transforms.base import MatrixTransform, grid_dtype, no_autocast
 
 __all__ = ["Affine", "Attention", "Similarity", "Translation", "affine_grid"]
@@ -59,6 +59,9 @@ class _Affine2D(MatrixTransform):
 
     def _grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
         return _affine_grid(self._theta(params), size, align_corners)
+
+    def _reference_grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+        return _affine_grid_reference(self._theta(params), size, align_corners)
 
     def _to_matrix(self, params: Tensor) -> Tensor:
         theta = self._theta(params)  # (N, 2, 3)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from stnkit._checks import check_float, check_tensor, normalize_size, shape_str
-from stnkit.transforms._grid_fn import _affine_grid3d_reference, _affine_grid_fast  # noqa: F401
+from stnkit.transforms._grid_fn import _affine_grid3d_reference, _affine_grid_fast
 from stnkit.transforms.base import MatrixTransform, grid_dtype, no_autocast
 
 __all__ = ["Affine3D", "affine_grid3d"]
@@ -66,6 +66,9 @@ class Affine3D(MatrixTransform):
 
     def _grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
         return _affine_grid3d(params.view(-1, 3, 4), size, align_corners)
+
+    def _reference_grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+        return _affine_grid3d_reference(params.view(-1, 3, 4), size, align_corners)
 
     def _to_matrix(self, params: Tensor) -> Tensor:
         last = torch.zeros(params.shape[0], 1, 4, device=params.device, dtype=params.dtype)

@@ -62,13 +62,17 @@ class Transform(nn.Module):
         """Return the identity parameters, shape (P,), float32."""
         return self._identity().to(torch.float32)
 
-    def grid(self, params: Tensor, output_size: int | Sequence[int], align_corners: bool = False) -> Tensor:
+    def grid(
+        self, params: Tensor, output_size: int | Sequence[int], align_corners: bool = False, *, fast: bool = True
+    ) -> Tensor:
         """Map a regular output grid to source sampling coordinates.
 
         Args:
             params: transformation parameters, shape (N, P) (matrix families also take their matrix shape).
             output_size: (H_out, W_out), or (D_out, H_out, W_out) for 3-D transforms; an int means a square/cube.
             align_corners: frame convention of the output grid (see :mod:`stnkit.grid`).
+            fast: use the transform's fast grid path (analytic backward, kernels); False computes the same grid
+                by its reference formula, differentiated by autograd (for tests and benchmarks).
 
         Returns:
             Grid of shape (N, H_out, W_out, 2) with (x, y), or (N, D_out, H_out, W_out, 3) with (x, y, z), in
@@ -77,7 +81,8 @@ class Transform(nn.Module):
         params = self.check_params(params)
         size = normalize_size(output_size, self.spatial_dims)
         with no_autocast(params.device):
-            return self._grid(params.to(grid_dtype(params.dtype)), size, bool(align_corners))
+            grid_fn = self._grid if fast else self._reference_grid
+            return grid_fn(params.to(grid_dtype(params.dtype)), size, bool(align_corners))
 
     def transform_points(self, params: Tensor, points: Tensor) -> Tensor:
         """Map normalised output points to normalised source points.
@@ -145,6 +150,9 @@ class Transform(nn.Module):
 
     def _grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
         raise NotImplementedError
+
+    def _reference_grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+        return self._grid(params, size, align_corners)  # transforms without a separate fast path
 
     def _transform_points(self, params: Tensor, points: Tensor) -> Tensor:
         raise NotImplementedError

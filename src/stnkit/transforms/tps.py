@@ -16,6 +16,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
+from stnkit import kernels
 from stnkit._checks import check_float, check_tensor, shape_str
 from stnkit.grid import identity_grid
 from stnkit.transforms.base import Transform
@@ -182,15 +183,21 @@ class ThinPlateSpline(Transform):
     def _grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
         h, w = size
         k = self.num_control_points
-        base, m, m_t = self._grid_basis((h, w), align_corners, params.dtype, params.device)  # (1,H*W,2) (H*W,K) (K,H*W)
+        base, _, m_t = self._grid_basis((h, w), align_corners, params.dtype, params.device)  # (1,H*W,2) (K,H*W)
         offsets = params.reshape(-1, k, 2) - self.control_points.to(params.device, params.dtype)  # (N, K, 2)
         # base + M @ (y - c), each sample computed alone so that a row does not depend on the batch it is in
-        # (_TPSGridFn: C++ on CPU, else a wide (2, K) x (K, H*W) bmm; the broadcast (H*W, K) x (K, 2) form was
-        # 4-10x slower fwd+bwd). Exact identity grid at identity params (zero offsets).
-        if _is_compiling():
+        # (kernels.tps_grid: C++ on CPU, else a wide (2, K) x (K, H*W) bmm; the broadcast (H*W, K) x (K, 2) form
+        # was 4-10x slower fwd+bwd). Exact identity grid at identity params (zero offsets).
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # exporters take plain ATen ops only
             flat = torch.bmm(offsets.transpose(1, 2), m_t.expand(offsets.shape[0], -1, -1))  # (N, 2, H*W)
             return (base + flat.transpose(1, 2)).reshape(-1, h, w, 2)  # (N, H, W, 2)
-        return _TPSGridFn.apply(offsets, m, m_t, base).view(-1, h, w, 2)  # (N, H, W, 2)
+        return kernels.tps_grid(offsets, m_t, base).view(-1, h, w, 2)  # (N, H, W, 2)
+
+    def _reference_grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+        h, w = size
+        base, m = self.basis((h, w), align_corners, params.dtype, params.device)  # (1, H, W, 2), (H*W, K)
+        offsets = params.reshape(-1, self.num_control_points, 2) - self.control_points.to(params.device, params.dtype)
+        return torch.matmul(m, offsets).view(-1, h, w, 2) + base  # (N, H, W, 2): the broadcast form
 
     def _grid_basis(self, output_size: Sequence[int], align_corners: bool, dtype, device
                     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -217,46 +224,6 @@ class ThinPlateSpline(Transform):
 
     def extra_repr(self) -> str:
         return f"num_control_points={self.num_control_points}"
-
-
-class _TPSGridFn(torch.autograd.Function):
-    """offsets (N, K, 2) -> grid (N, H*W, 2) = base + M @ offsets, each sample computed on its own.
-
-    On CPU with the C++ extension (``stnkit._ext``) one pass over chunks of output points per batch, else one
-    (2, K) x (K, H*W) bmm per sample; both are batch-invariant. The backward is ``M^T @ grad`` per sample.
-    """
-
-    @staticmethod
-    def forward(offsets: Tensor, m: Tensor, m_t: Tensor, base: Tensor) -> Tensor:  # type: ignore[override]
-        module = _cpu_ext(offsets)
-        if module is not None:
-            return module.tps_grid_forward(offsets, m_t, base)  # (N, H*W, 2)
-        n = offsets.shape[0]
-        flat = torch.bmm(offsets.transpose(1, 2), m_t.expand(n, -1, -1))  # (N, 2, H*W)
-        out = torch.empty(n, m.shape[0], 2, device=m.device, dtype=flat.dtype)  # contiguous (N, H*W, 2)
-        return torch.add(base, flat.transpose(1, 2), out=out)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[1], inputs[2])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        m, m_t = ctx.saved_tensors
-        module = None if torch.is_grad_enabled() else _cpu_ext(grad)  # create_graph: stay differentiable
-        if module is not None:
-            return module.tps_grid_backward(grad, m_t), None, None, None  # (N, K, 2)
-        # (N, 2, H*W) x (H*W, K): the transposed gradient is read in place, no copy
-        return torch.bmm(grad.transpose(1, 2), m.expand(grad.shape[0], -1, -1)).transpose(1, 2), None, None, None
-
-
-def _cpu_ext(like: Tensor):
-    """The C++ extension for CPU float32/float64 tensors, else None (then the bmm path runs)."""
-    if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
-        return None
-    from stnkit import _ext  # lazy: builds (once, cached) on first use, never at import
-
-    return _ext.load()
 
 
 def _outside_inference_mode() -> contextlib.AbstractContextManager:

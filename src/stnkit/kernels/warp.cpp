@@ -4,13 +4,13 @@
 // (affine: last row (0, 0, 1); projective: divided by w), so no (N, H_out, W_out, 2) grid is written, read or
 // differentiated; the backward pass recomputes the coordinates and reduces the coordinate gradient straight into
 // the (N, 3, 3) matrix gradient. Values follow F.grid_sample (bilinear, zeros/border padding, both align_corners)
-// and are tested against it in tests/test_sampling_fast.py. The TPS grid kernels (tps_grid.cpp) are
-// bound here too.
+// and are tested against it in tests/test_kernels.py. The TPS grid kernels (tps_grid.cpp) are bound here
+// too; stnkit/kernels/ops.py registers both as torch.library custom ops.
 //
 // Layout for speed: each output row is processed in blocks of BLK points. Phase A computes the four clamped tap
-// offsets and the validity-folded weights of every point of a block (branch-free, SIMD-friendly); phase B
-// gathers/blends per channel (vectorised with gathers when built with AVX2). An out-of-range tap gets weight 0 and
-// a clamped in-range offset, so no branch is needed and the result equals zeros padding. The input-gradient
+// offsets, weights and validities of every point of a block (branch-free, SIMD-friendly); phase B
+// gathers/blends per channel (vectorised with gathers when built with AVX2). An out-of-range tap gets
+// a clamped in-range offset and reads as 0 (a select), so the result equals zeros padding. The input-gradient
 // scatter is the only scalar loop (taps of neighbouring points may collide).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -63,13 +63,18 @@ struct Setup {
 template <typename T>
 struct Taps {
   int32_t o00[BLK], o01[BLK], o10[BLK], o11[BLK];  // flat offsets into one input plane, clamped in range
-  T ax0[BLK], ax1[BLK], ay0[BLK], ay1[BLK];          // x / y tap weights, zero for out-of-range taps
-  T vx0[BLK], vx1[BLK], vy0[BLK], vy1[BLK];          // 1 / 0 validity of each tap column / row (backward)
+  T ax0[BLK], ax1[BLK], ay0[BLK], ay1[BLK];          // x / y tap weights (NaN for a non-finite coordinate)
+  T vx0[BLK], vx1[BLK], vy0[BLK], vy1[BLK];          // 1 / 0 validity of each tap column / row
   T mx[BLK], my[BLK];                                // d ix / d xs, d iy / d ys (0 where border clips)
   T xs[BLK], ys[BLK], den[BLK];                      // source point and perspective denominator (backward)
 };
 
 // Phase A: taps of output points (w0 .. w0+n) of row h.
+//
+// Non-finite values follow F.grid_sample: a tap outside the input is never read (its value is 0, selected, so an
+// Inf pixel there cannot turn 0 * Inf into NaN); a NaN coordinate (or an infinite one with zeros padding) has
+// every tap outside and NaN weights, so the output and the coordinate gradient are NaN and the input gradient
+// gets nothing. Border padding clips an infinite coordinate to the border, and NaN to 0 (as torch's forward).
 template <typename T, bool projective, bool border>
 inline void make_taps(const Setup<T>& s, const T* m, T yt, int64_t w0, int n, int64_t H, int64_t W, Taps<T>& t) {
   const T* xb = s.xb.data() + w0;
@@ -93,18 +98,21 @@ inline void make_taps(const Setup<T>& s, const T* m, T yt, int64_t w0, int n, in
     t.den[j] = d;
     T ix = s.sx * u + s.tx, iy = s.sy * v + s.ty;
     T gx = s.sx, gy = s.sy;
-    if constexpr (border) {  // clip to the border pixel centres; a clipped coordinate has no gradient
-      gx = T((ix >= T(0)) & (ix <= Wm1)) * gx;
-      gy = T((iy >= T(0)) & (iy <= Hm1)) * gy;
+    T bad = T(0) * ix + T(0) * iy;  // NaN iff a coordinate is NaN or infinite, else 0
+    if constexpr (border) {  // clip to the border pixel centres; a clipped coordinate (or one on them) has no
+      // gradient (torch's clip_coordinates_set_grad), a NaN one a NaN gradient
+      gx = (ix != ix ? ix : T((ix > T(0)) & (ix < Wm1))) * gx;
+      gy = (iy != iy ? iy : T((iy > T(0)) & (iy < Hm1))) * gy;
       ix = std::min(std::max(T(0), ix), Wm1);
       iy = std::min(std::max(T(0), iy), Hm1);
+      bad = T(0);
     }
     t.mx[j] = gx;
     t.my[j] = gy;
     ix = std::min(std::max(T(-2), ix), hiX);  // far outside (and NaN) -> every tap out of range
     iy = std::min(std::max(T(-2), iy), hiY);
     const T fx0 = floor_(ix), fy0 = floor_(iy);
-    const T fx = ix - fx0, fy = iy - fy0;
+    const T fx = ix - fx0 + bad, fy = iy - fy0 + bad;
     const int32_t x0 = int32_t(fx0), y0 = int32_t(fy0), x1 = x0 + 1, y1 = y0 + 1;
     const T vx0 = T((x0 >= 0) & (x0 <= iWm1)), vx1 = T((x1 >= 0) & (x1 <= iWm1));
     const T vy0 = T((y0 >= 0) & (y0 <= iHm1)), vy1 = T((y1 >= 0) & (y1 <= iHm1));
@@ -114,15 +122,24 @@ inline void make_taps(const Setup<T>& s, const T* m, T yt, int64_t w0, int n, in
     t.o01[j] = cy0 * iW + cx1;
     t.o10[j] = cy1 * iW + cx0;
     t.o11[j] = cy1 * iW + cx1;
-    t.ax0[j] = (T(1) - fx) * vx0;
-    t.ax1[j] = fx * vx1;
-    t.ay0[j] = (T(1) - fy) * vy0;
-    t.ay1[j] = fy * vy1;
+    t.ax0[j] = T(1) - fx;
+    t.ax1[j] = fx;
+    t.ay0[j] = T(1) - fy;
+    t.ay1[j] = fy;
     t.vx0[j] = vx0;
     t.vx1[j] = vx1;
     t.vy0[j] = vy0;
     t.vy1[j] = vy1;
   }
+}
+
+// The four tap values of point j of a block; a tap outside the input reads 0 (selected, never multiplied).
+template <typename T>
+inline void tap_values(const Taps<T>& t, const T* p, int j, T& p00, T& p01, T& p10, T& p11) {
+  p00 = (t.vx0[j] * t.vy0[j] != T(0)) ? p[t.o00[j]] : T(0);
+  p01 = (t.vx1[j] * t.vy0[j] != T(0)) ? p[t.o01[j]] : T(0);
+  p10 = (t.vx0[j] * t.vy1[j] != T(0)) ? p[t.o10[j]] : T(0);
+  p11 = (t.vx1[j] * t.vy1[j] != T(0)) ? p[t.o11[j]] : T(0);
 }
 
 // d out / d (u, v[, w]) of one channel at the points of a block, from its four taps (eq. 7 and the quotient rule
@@ -131,9 +148,10 @@ template <typename T, bool projective>
 inline void tap_derivs(const Taps<T>& t, const T* p, int nb, T eps, T* du, T* dv, T* dw) {
 #pragma omp simd
   for (int j = 0; j < nb; ++j) {
-    const T p00 = p[t.o00[j]], p01 = p[t.o01[j]], p10 = p[t.o10[j]], p11 = p[t.o11[j]];
-    const T dx = t.ay0[j] * (t.vx1[j] * p01 - t.vx0[j] * p00) + t.ay1[j] * (t.vx1[j] * p11 - t.vx0[j] * p10);
-    const T dy = t.ax0[j] * (t.vy1[j] * p10 - t.vy0[j] * p00) + t.ax1[j] * (t.vy1[j] * p11 - t.vy0[j] * p01);
+    T p00, p01, p10, p11;
+    tap_values(t, p, j, p00, p01, p10, p11);
+    const T dx = t.ay0[j] * (p01 - p00) + t.ay1[j] * (p11 - p10);
+    const T dy = t.ax0[j] * (p10 - p00) + t.ax1[j] * (p11 - p01);
     const T gx = dx * t.mx[j], gy = dy * t.my[j];  // d out / d (xs, ys)
     if constexpr (projective) {  // xs = u / w, ys = v / w; a clamped |w| passes no gradient (as clamp_min)
       const T d = t.den[j];
@@ -166,9 +184,10 @@ void forward_kernel(const T* in, const T* mat, T* out, T* deriv, int64_t N, int6
             const T* p = in + (n * C + c) * plane_in;
             T* q = out + (n * C + c) * plane_out + h * Wo + w0;
 #pragma omp simd
-            for (int j = 0; j < nb; ++j) {  // eq. 5 with the validity folded into the weights
-              q[j] = t.ay0[j] * (t.ax0[j] * p[t.o00[j]] + t.ax1[j] * p[t.o01[j]]) +
-                     t.ay1[j] * (t.ax0[j] * p[t.o10[j]] + t.ax1[j] * p[t.o11[j]]);
+            for (int j = 0; j < nb; ++j) {  // eq. 5, taps outside the input read as 0
+              T p00, p01, p10, p11;
+              tap_values(t, p, j, p00, p01, p10, p11);
+              q[j] = t.ay0[j] * (t.ax0[j] * p00 + t.ax1[j] * p01) + t.ay1[j] * (t.ax0[j] * p10 + t.ax1[j] * p11);
             }
             if (deriv) {
               T* d = deriv + (n * C + c) * K * plane_out + h * Wo + w0;
@@ -236,10 +255,10 @@ void backward_kernel(const T* grad_out, const T* in, const T* mat, const T* deri
 #pragma omp simd
               for (int j = 0; j < nb; ++j) {  // the four weighted gradients, vectorised
                 const T gy0 = g[j] * t.ay0[j], gy1 = g[j] * t.ay1[j];
-                sc[0][j] = gy0 * t.ax0[j];
-                sc[1][j] = gy0 * t.ax1[j];
-                sc[2][j] = gy1 * t.ax0[j];
-                sc[3][j] = gy1 * t.ax1[j];
+                sc[0][j] = (t.vx0[j] * t.vy0[j] != T(0)) ? gy0 * t.ax0[j] : T(0);
+                sc[1][j] = (t.vx1[j] * t.vy0[j] != T(0)) ? gy0 * t.ax1[j] : T(0);
+                sc[2][j] = (t.vx0[j] * t.vy1[j] != T(0)) ? gy1 * t.ax0[j] : T(0);
+                sc[3][j] = (t.vx1[j] * t.vy1[j] != T(0)) ? gy1 * t.ax1[j] : T(0);
               }
               // one pass per tap: within a pass neighbouring points rarely hit the same pixel, so the
               // read-modify-writes do not wait on each other (one interleaved pass was 2x slower)
@@ -270,6 +289,9 @@ void check(const torch::Tensor& input, const torch::Tensor& mat) {
   TORCH_CHECK(mat.dim() == 3 && mat.size(1) == 3 && mat.size(2) == 3, "stnkit fused warp: matrix must be (N, 3, 3)");
   TORCH_CHECK(input.size(0) == mat.size(0), "stnkit fused warp: batch mismatch");
   TORCH_CHECK(input.scalar_type() == mat.scalar_type(), "stnkit fused warp: dtype mismatch");
+  TORCH_CHECK(input.size(2) > 0 && input.size(3) > 0,
+              "stnkit fused warp: expected input to have non-empty spatial dimensions, but input has sizes ",
+              input.sizes());
   TORCH_CHECK(input.size(2) * input.size(3) < (int64_t(1) << 31), "stnkit fused warp: input plane too large");
 }
 

@@ -1,13 +1,19 @@
-"""Optional C++ kernels, built lazily with ``torch.utils.cpp_extension.load`` on first use (never at import).
+"""Build, verify and load the CPU kernel (``warp.cpp`` + ``tps_grid.cpp``) with ``torch.utils.cpp_extension``.
 
-``load()`` returns the compiled module, or None when it cannot be built (no compiler, a build error) or is
-disabled with the environment variable ``STNKIT_DISABLE_EXT=1``; callers then use the pure-PyTorch path. The
-build is cached in ``$STNKIT_EXT_DIR`` (default ``~/.cache/stnkit/ext``) per torch and Python version and per
+``load()`` returns the compiled module, or None when it cannot be built (no compiler or ninja, a build error) or
+is disabled with the environment variable ``STNKIT_DISABLE_EXT=1``; callers then use the reference path (torch
+ops). It is never built at import, only on first use. The first build prints one line to stderr (it takes about a
+minute); a failure prints one warning line, once per process, and is remembered for the process.
+
+The build is cached in ``$STNKIT_EXT_DIR`` (default ``~/.cache/stnkit/ext``) per torch and Python version and per
 content hash of the C++ sources, flags and torch installation (the sources are copied there), so later processes
 only load it (well under a second), two checkouts of the same code in one environment share one build, and two
 environments never rebuild each other's library (a rebuild would overwrite a library that a running process has
-loaded). A failed build is remembered for the process and logged at DEBUG level, never raised or warned (the result
-is the same either way, only slower).
+loaded).
+
+A library is loaded only if it matches its manifest (``<name>.so.manifest``: size and sha256), written atomically
+after a successful build: mapping a truncated ``.so`` kills the process with SIGBUS, so a missing manifest or a
+mismatch means a rebuild (the old files are removed first), never a load.
 
 Builds and loads of one folder are serialised by an OS file lock (``fcntl.flock`` on ``.stnkit.lock``), which the
 kernel releases when its holder dies. torch's own build lock (a file named ``lock`` that its holder deletes when
@@ -20,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
+import json
 import os
 import platform
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -33,9 +40,9 @@ import torch
 
 __all__ = ["build_error", "load"]
 
-_log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "module" or "error", set once per process
+_SOURCES = ("warp.cpp", "tps_grid.cpp")
 
 
 def _build_dir() -> Path:
@@ -63,7 +70,7 @@ def _variant() -> tuple[str, list[str]]:
 def _stage_sources(name: str, flags: list[str]) -> tuple[Path, list[str]]:
     """Copy the C++ sources into a build folder named by their content hash; return it and the copied paths."""
     here = Path(__file__).parent
-    originals = [here / "warp.cpp", here / "tps_grid.cpp"]
+    originals = [here / source for source in _SOURCES]
     # torch's include paths (this environment's site-packages) go into the build file: a build per installation
     digest = hashlib.sha256(" ".join([*flags, str(Path(torch.__file__).resolve().parent)]).encode())
     for path in originals:
@@ -74,11 +81,45 @@ def _stage_sources(name: str, flags: list[str]) -> tuple[Path, list[str]]:
     for path in originals:
         target = build / "src" / path.name
         if not target.exists() or target.read_bytes() != path.read_bytes():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}")
-            tmp.write_bytes(path.read_bytes())
-            os.replace(tmp, target)  # atomic: a concurrent build sees the old or the new file, never half of one
+            _write_atomic(target, path.read_bytes())  # a concurrent build sees the old or the new file
         staged.append(str(target))
     return build, staged
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def _library(build: Path, name: str) -> Path:
+    return build / f"{name}.so"
+
+
+def _manifest(library: Path) -> Path:
+    return library.with_name(library.name + ".manifest")
+
+
+def _fingerprint(library: Path) -> dict[str, object]:
+    data = library.read_bytes()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _verified(library: Path) -> bool:
+    """Return whether ``library`` exists and matches the manifest written after its build."""
+    try:
+        expected = json.loads(_manifest(library).read_text())
+        return library.stat().st_size == expected["size"] and _fingerprint(library) == expected
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _discard(build: Path, library: Path) -> None:
+    """Remove an unverified library and its build products, so that cpp_extension rebuilds it from scratch."""
+    for path in (library, _manifest(library), build / "build.ninja", build / ".ninja_deps", build / ".ninja_log"):
+        path.unlink(missing_ok=True)
+    for obj in build.glob("*.o"):
+        obj.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -95,17 +136,36 @@ def _exclusive(build: Path) -> Iterator[None]:
     with open(build / ".stnkit.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another live process builds or loads this folder
         try:
-            stale = build / "lock"
-            if stale.exists():
-                _log.debug("removing a stale torch build lock left by a killed process: %s", stale)
-                stale.unlink(missing_ok=True)
+            (build / "lock").unlink(missing_ok=True)  # stale: its holder was killed mid-build
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _build_and_load(verbose: bool) -> ModuleType:
+    from torch.utils import cpp_extension  # heavy import, only when the kernel is wanted
+
+    name, flags = _variant()
+    build, sources = _stage_sources(name, flags)
+    library = _library(build, name)
+    with _exclusive(build):
+        if not _verified(library):
+            _discard(build, library)
+            print("stnkit: building the CPU kernel (once, ~1 min) ...", file=sys.stderr, flush=True)
+        module = cpp_extension.load(
+            name=name, sources=sources, build_directory=str(build), extra_cflags=flags, verbose=verbose
+        )
+        if not _manifest(library).exists():
+            _write_atomic(_manifest(library), json.dumps(_fingerprint(library)).encode())
+    return module
+
+
 def load(verbose: bool = False) -> ModuleType | None:
-    """Return the compiled ``stnkit_warp`` extension, building it on the first call; None if unavailable."""
+    """Return the compiled kernel module, building it on the first call; None if unavailable.
+
+    Example:
+        >>> module = load()  # None without a compiler, or with STNKIT_DISABLE_EXT=1
+    """
     if "module" in _state:
         return _state["module"]  # type: ignore[return-value]
     if "error" in _state:
@@ -117,22 +177,22 @@ def load(verbose: bool = False) -> ModuleType | None:
         if "module" in _state or "error" in _state:
             return _state.get("module")  # type: ignore[return-value]
         try:
-            from torch.utils import cpp_extension  # heavy import, only when the extension is wanted
-
-            name, flags = _variant()
-            build, sources = _stage_sources(name, flags)
-            with _exclusive(build):
-                module = cpp_extension.load(
-                    name=name, sources=sources, build_directory=str(build), extra_cflags=flags, verbose=verbose
-                )
-        except Exception as exc:  # noqa: BLE001 - any build/load failure means "use the PyTorch path"
-            _state["error"] = f"{type(exc).__name__}: {exc}"
-            _log.debug("stnkit C++ extension unavailable, using the PyTorch path: %s", _state["error"])
+            module = _build_and_load(verbose)
+        except Exception as exc:  # noqa: BLE001 - any build/load failure means "use the reference path"
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            _state["error"] = reason
+            warnings.warn(f"stnkit: the CPU kernel is unavailable, using the reference path ({reason[:300]})",
+                          RuntimeWarning, stacklevel=3)
             return None
         _state["module"] = module
         return module
 
 
 def build_error() -> str | None:
-    """Return why the extension is unavailable (None if it loaded or was never requested)."""
+    """Return why the kernel is unavailable (None if it loaded or was never requested).
+
+    Example:
+        >>> build_error() is None or isinstance(build_error(), str)
+        True
+    """
     return _state.get("error")  # type: ignore[return-value]
