@@ -87,7 +87,7 @@ def test_matrix_warp_batch1_upsampling_and_single_pixel_output(padding):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_sample_matches_grid_sample(dtype, padding, align_corners):
     x = torch.randn(2, 3, 5, 7, dtype=dtype, device=KDEV)
-    grid = (torch.rand(2, 3, 4, 2, dtype=dtype, device=KDEV) * 2.8 - 1.4)
+    grid = torch.rand(2, 3, 4, 2, dtype=dtype, device=KDEV) * 2.8 - 1.4
     pad = PADDINGS.index(padding)
     xr, gr = x.clone().requires_grad_(), grid.clone().requires_grad_()
     ref = F.grid_sample(xr, gr, padding_mode=padding, align_corners=align_corners)
@@ -119,10 +119,13 @@ def test_nan_matrix_gives_nan_output_and_gradient(padding):
     m = random_matrix(2, torch.float32, False)
     m[1, 0, 0] = float("nan")
     out = tw.warp_matrix_forward(x, m, 3, 3, PADDINGS.index(padding), False, False, EPS)
-    _, g_m = tw.warp_matrix_backward(torch.ones_like(out), x, m, 3, 3, PADDINGS.index(padding), False, False, EPS,
-                                     False, True)
-    assert out[1].isnan().all() and not out[0].isnan().any()
-    assert g_m[1, :2].isnan().any() and not g_m[0].isnan().any()
+    _, g_m = tw.warp_matrix_backward(
+        torch.ones_like(out), x, m, 3, 3, PADDINGS.index(padding), False, False, EPS, False, True
+    )
+    assert out[1].isnan().all()
+    assert not out[0].isnan().any()
+    assert g_m[1, :2].isnan().any()
+    assert not g_m[0].isnan().any()
     if padding == "zeros":
         assert reference_warp(x, m, 3, 3, padding, False, False)[1].isnan().all()
 
@@ -159,7 +162,8 @@ def test_deterministic_mode_is_bit_identical_and_equals_atomics(kind):
         first, second = run(), run()
     finally:
         torch.use_deterministic_algorithms(previous)
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
     torch.testing.assert_close(first[0], atomic[0])
     torch.testing.assert_close(first[1], atomic[1])
     ref_gx = torch.autograd.grad(F.grid_sample(x.requires_grad_(), grid, align_corners=False), x, g)[0]
@@ -171,9 +175,11 @@ def test_unneeded_gradients_are_none():
     m = random_matrix(1, torch.float32, False)
     g = torch.ones(1, 1, 2, 2, device=KDEV)
     gi, gm = tw.warp_matrix_backward(g, x, m, 2, 2, 0, False, False, EPS, False, True)
-    assert gi is None and gm.shape == (1, 3, 3)
+    assert gi is None
+    assert gm.shape == (1, 3, 3)
     gi, gm = tw.warp_matrix_backward(g, x, m, 2, 2, 0, False, False, EPS, True, False)
-    assert gm is None and gi.shape == (1, 1, 4, 4)
+    assert gm is None
+    assert gi.shape == (1, 1, 4, 4)
 
 
 def test_half_input_computed_in_float32():
@@ -181,8 +187,9 @@ def test_half_input_computed_in_float32():
     m = random_matrix(1, torch.float32, False)
     got = tw.warp_matrix_forward(x.half(), m, 3, 4, 2, False, False, EPS)
     assert got.dtype == torch.float16
-    torch.testing.assert_close(got.float(), reference_warp(x, m, 3, 4, "reflection", False, False),
-                               atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(
+        got.float(), reference_warp(x, m, 3, 4, "reflection", False, False), atol=2e-3, rtol=2e-3
+    )
 
 
 def test_bad_arguments_raise_one_clear_error():
@@ -200,10 +207,26 @@ def test_bad_arguments_raise_one_clear_error():
 def test_empty_output_and_batch():
     x = torch.rand(0, 1, 4, 4, device=KDEV)
     assert tw.warp_matrix_forward(x, torch.zeros(0, 3, 3, device=KDEV), 2, 2, 0, False, False, EPS).shape == (
-        0, 1, 2, 2)
-    gi, gm = tw.warp_matrix_backward(torch.zeros(0, 1, 2, 2, device=KDEV), x, torch.zeros(0, 3, 3, device=KDEV),
-                                     2, 2, 0, False, False, EPS, True, True)
-    assert gi.shape == (0, 1, 4, 4) and gm.shape == (0, 3, 3)
+        0,
+        1,
+        2,
+        2,
+    )
+    gi, gm = tw.warp_matrix_backward(
+        torch.zeros(0, 1, 2, 2, device=KDEV),
+        x,
+        torch.zeros(0, 3, 3, device=KDEV),
+        2,
+        2,
+        0,
+        False,
+        False,
+        EPS,
+        True,
+        True,
+    )
+    assert gi.shape == (0, 1, 4, 4)
+    assert gm.shape == (0, 3, 3)
 
 
 def test_available_is_true_where_these_tests_run():

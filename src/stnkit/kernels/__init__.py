@@ -1,0 +1,1 @@
+"""Fused warp kernels (Triton for CUDA)."""

@@ -54,10 +54,7 @@ if triton is not None:
     def _base(idx, n, ALIGN: tl.constexpr, DTYPE: tl.constexpr):
         i = idx.to(DTYPE)
         size = n.to(DTYPE)
-        if ALIGN:
-            c = i * (2.0 / tl.maximum(size - 1.0, 1.0)) - 1.0
-        else:
-            c = (2.0 * i + 1.0) / size - 1.0
+        c = i * (2.0 / tl.maximum(size - 1.0, 1.0)) - 1.0 if ALIGN else (2.0 * i + 1.0) / size - 1.0
         return tl.where(n == 1, 0.0, c)
 
     @triton.jit
@@ -98,8 +95,20 @@ if triton is not None:
         return ix, mult
 
     @triton.jit
-    def _coords(n, offs, mask, mat_ptr, grid_ptr, Ho, Wo, eps,
-                FROM_GRID: tl.constexpr, ALIGN: tl.constexpr, PROJECTIVE: tl.constexpr, DTYPE: tl.constexpr):
+    def _coords(
+        n,
+        offs,
+        mask,
+        mat_ptr,
+        grid_ptr,
+        Ho,
+        Wo,
+        eps,
+        FROM_GRID: tl.constexpr,
+        ALIGN: tl.constexpr,
+        PROJECTIVE: tl.constexpr,
+        DTYPE: tl.constexpr,
+    ):
         ow = offs % Wo
         oh = offs // Wo
         x = _base(ow, Wo, ALIGN, DTYPE)
@@ -145,15 +154,31 @@ if triton is not None:
         return bad, mx, my, x0, y0, fx, fy, in_x0, in_x1, in_y0, in_y1
 
     @triton.jit
-    def _forward_kernel(inp_ptr, mat_ptr, grid_ptr, out_ptr, C, H, W, Ho, Wo, eps,
-                        PADDING: tl.constexpr, ALIGN: tl.constexpr, PROJECTIVE: tl.constexpr,
-                        FROM_GRID: tl.constexpr, DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    def _forward_kernel(
+        inp_ptr,
+        mat_ptr,
+        grid_ptr,
+        out_ptr,
+        C,
+        H,
+        W,
+        Ho,
+        Wo,
+        eps,
+        PADDING: tl.constexpr,
+        ALIGN: tl.constexpr,
+        PROJECTIVE: tl.constexpr,
+        FROM_GRID: tl.constexpr,
+        DTYPE: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+    ):
         n = tl.program_id(0).to(tl.int64)
         offs = tl.program_id(1) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         P = Ho * Wo
         mask = offs < P
-        x, y, w_raw, wp, gx, gy = _coords(n, offs, mask, mat_ptr, grid_ptr, Ho, Wo, eps,
-                                         FROM_GRID, ALIGN, PROJECTIVE, DTYPE)
+        x, y, w_raw, wp, gx, gy = _coords(
+            n, offs, mask, mat_ptr, grid_ptr, Ho, Wo, eps, FROM_GRID, ALIGN, PROJECTIVE, DTYPE
+        )
         bad, mx, my, x0, y0, fx, fy, in_x0, in_x1, in_y0, in_y1 = _taps(gx, gy, H, W, PADDING, ALIGN)
         w00 = (1.0 - fx) * (1.0 - fy)
         w01 = fx * (1.0 - fy)
@@ -171,18 +196,39 @@ if triton is not None:
             tl.store(out_ptr + (n * C + c) * P + offs, val, mask=mask)
 
     @triton.jit
-    def _backward_kernel(gout_ptr, inp_ptr, mat_ptr, grid_ptr, gin_ptr, tap_idx_ptr, tap_w_ptr, gcoord_ptr,
-                         C, H, W, Ho, Wo, eps,
-                         PADDING: tl.constexpr, ALIGN: tl.constexpr, PROJECTIVE: tl.constexpr,
-                         FROM_GRID: tl.constexpr, NEED_INPUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
-                         NEED_COORD: tl.constexpr, DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    def _backward_kernel(
+        gout_ptr,
+        inp_ptr,
+        mat_ptr,
+        grid_ptr,
+        gin_ptr,
+        tap_idx_ptr,
+        tap_w_ptr,
+        gcoord_ptr,
+        C,
+        H,
+        W,
+        Ho,
+        Wo,
+        eps,
+        PADDING: tl.constexpr,
+        ALIGN: tl.constexpr,
+        PROJECTIVE: tl.constexpr,
+        FROM_GRID: tl.constexpr,
+        NEED_INPUT: tl.constexpr,
+        DETERMINISTIC: tl.constexpr,
+        NEED_COORD: tl.constexpr,
+        DTYPE: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+    ):
         n = tl.program_id(0).to(tl.int64)
         blk = tl.program_id(1)
         offs = blk * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
         P = Ho * Wo
         mask = offs < P
-        x, y, w_raw, wp, gx, gy = _coords(n, offs, mask, mat_ptr, grid_ptr, Ho, Wo, eps,
-                                         FROM_GRID, ALIGN, PROJECTIVE, DTYPE)
+        x, y, w_raw, wp, gx, gy = _coords(
+            n, offs, mask, mat_ptr, grid_ptr, Ho, Wo, eps, FROM_GRID, ALIGN, PROJECTIVE, DTYPE
+        )
         bad, mx, my, x0, y0, fx, fy, in_x0, in_x1, in_y0, in_y1 = _taps(gx, gy, H, W, PADDING, ALIGN)
         w00 = (1.0 - fx) * (1.0 - fy)
         w01 = fx * (1.0 - fy)
@@ -193,28 +239,26 @@ if triton is not None:
         m01 = mask & in_y0 & in_x1
         m10 = mask & in_y1 & in_x0
         m11 = mask & in_y1 & in_x1
-        if NEED_INPUT:
-            if DETERMINISTIC:
-                tbase = (n * 4) * P + offs
-                tl.store(tap_idx_ptr + tbase, tl.where(m00, idx00, -1).to(tl.int64), mask=mask)
-                tl.store(tap_idx_ptr + tbase + P, tl.where(m01, idx00 + 1, -1).to(tl.int64), mask=mask)
-                tl.store(tap_idx_ptr + tbase + 2 * P, tl.where(m10, idx00 + W, -1).to(tl.int64), mask=mask)
-                tl.store(tap_idx_ptr + tbase + 3 * P, tl.where(m11, idx00 + W + 1, -1).to(tl.int64), mask=mask)
-                tl.store(tap_w_ptr + tbase, w00, mask=mask)
-                tl.store(tap_w_ptr + tbase + P, w01, mask=mask)
-                tl.store(tap_w_ptr + tbase + 2 * P, w10, mask=mask)
-                tl.store(tap_w_ptr + tbase + 3 * P, w11, mask=mask)
+        if NEED_INPUT and DETERMINISTIC:
+            tbase = (n * 4) * P + offs
+            tl.store(tap_idx_ptr + tbase, tl.where(m00, idx00, -1).to(tl.int64), mask=mask)
+            tl.store(tap_idx_ptr + tbase + P, tl.where(m01, idx00 + 1, -1).to(tl.int64), mask=mask)
+            tl.store(tap_idx_ptr + tbase + 2 * P, tl.where(m10, idx00 + W, -1).to(tl.int64), mask=mask)
+            tl.store(tap_idx_ptr + tbase + 3 * P, tl.where(m11, idx00 + W + 1, -1).to(tl.int64), mask=mask)
+            tl.store(tap_w_ptr + tbase, w00, mask=mask)
+            tl.store(tap_w_ptr + tbase + P, w01, mask=mask)
+            tl.store(tap_w_ptr + tbase + 2 * P, w10, mask=mask)
+            tl.store(tap_w_ptr + tbase + 3 * P, w11, mask=mask)
         dix = fx * 0.0
         diy = fx * 0.0
         for c in range(0, C):
             g = tl.load(gout_ptr + (n * C + c) * P + offs, mask=mask, other=0.0).to(DTYPE)
-            if NEED_INPUT:
-                if not DETERMINISTIC:
-                    gplane = gin_ptr + (n * C + c) * H * W
-                    tl.atomic_add(gplane + idx00, g * w00, mask=m00)
-                    tl.atomic_add(gplane + idx00 + 1, g * w01, mask=m01)
-                    tl.atomic_add(gplane + idx00 + W, g * w10, mask=m10)
-                    tl.atomic_add(gplane + idx00 + W + 1, g * w11, mask=m11)
+            if NEED_INPUT and not DETERMINISTIC:
+                gplane = gin_ptr + (n * C + c) * H * W
+                tl.atomic_add(gplane + idx00, g * w00, mask=m00)
+                tl.atomic_add(gplane + idx00 + 1, g * w01, mask=m01)
+                tl.atomic_add(gplane + idx00 + W, g * w10, mask=m10)
+                tl.atomic_add(gplane + idx00 + W + 1, g * w11, mask=m11)
             if NEED_COORD:
                 plane = inp_ptr + (n * C + c) * H * W
                 v00 = tl.load(plane + idx00, mask=m00, other=0.0).to(DTYPE)
@@ -288,9 +332,17 @@ def _check_nonempty(input: Tensor, out_h: int, out_w: int) -> None:
         raise ValueError(f"input has an empty spatial size {tuple(input.shape[2:])}; expected H, W >= 1")
 
 
-def _forward(input: Tensor, matrix: Tensor | None, grid: Tensor | None, out_h: int, out_w: int, padding: int,
-             align_corners: bool, projective: bool, eps: float) -> Tensor:
-    coords = matrix if matrix is not None else grid
+def _forward(
+    input: Tensor,
+    coords: Tensor,
+    from_grid: bool,
+    out_h: int,
+    out_w: int,
+    padding: int,
+    align_corners: bool,
+    projective: bool,
+    eps: float,
+) -> Tensor:
     dtype = _compute_dtype(input, coords)
     n, c, h, w = input.shape
     out = torch.empty(n, c, out_h, out_w, device=input.device, dtype=input.dtype)
@@ -300,16 +352,41 @@ def _forward(input: Tensor, matrix: Tensor | None, grid: Tensor | None, out_h: i
     x = input.contiguous()
     m = coords.contiguous()
     grid_fn = (n, triton.cdiv(out_h * out_w, BLOCK))
-    _forward_kernel[grid_fn](x, m, m, out, c, h, w, out_h, out_w, float(eps), PADDING=int(padding),
-                             ALIGN=bool(align_corners), PROJECTIVE=bool(projective), FROM_GRID=grid is not None,
-                             DTYPE=_tl_dtype(dtype), BLOCK_SIZE=BLOCK)
+    _forward_kernel[grid_fn](
+        x,
+        m,
+        m,
+        out,
+        c,
+        h,
+        w,
+        out_h,
+        out_w,
+        float(eps),
+        PADDING=int(padding),
+        ALIGN=bool(align_corners),
+        PROJECTIVE=bool(projective),
+        FROM_GRID=from_grid,
+        DTYPE=_tl_dtype(dtype),
+        BLOCK_SIZE=BLOCK,
+    )
     return out
 
 
-def _backward(grad_out: Tensor, input: Tensor, matrix: Tensor | None, grid: Tensor | None, out_h: int, out_w: int,
-              padding: int, align_corners: bool, projective: bool, eps: float, need_input: bool,
-              need_coord: bool) -> tuple[Tensor | None, Tensor | None]:
-    coords = matrix if matrix is not None else grid
+def _backward(
+    grad_out: Tensor,
+    input: Tensor,
+    coords: Tensor,
+    from_grid: bool,
+    out_h: int,
+    out_w: int,
+    padding: int,
+    align_corners: bool,
+    projective: bool,
+    eps: float,
+    need_input: bool,
+    need_coord: bool,
+) -> tuple[Tensor | None, Tensor | None]:
     dtype = _compute_dtype(input, coords)
     n, c, h, w = input.shape
     p = out_h * out_w
@@ -321,12 +398,13 @@ def _backward(grad_out: Tensor, input: Tensor, matrix: Tensor | None, grid: Tens
         gin = torch.zeros(n, c, h, w, device=dev, dtype=input.dtype if input.dtype == dtype else dtype)
     gcoord = None
     if need_coord:
-        if matrix is not None:
+        if not from_grid:
             gcoord = torch.zeros(n, blocks, 9, device=dev, dtype=dtype)
         else:
             gcoord = torch.zeros(n, out_h, out_w, 2, device=dev, dtype=dtype)
     if n * p > 0 and h * w > 0 and (need_input or need_coord):
-        tap_idx = tap_w = None
+        tap_idx: Tensor | None = None
+        tap_w: Tensor | None = None
         if need_input and deterministic:
             tap_idx = torch.empty(n, 4, p, device=dev, dtype=torch.int64)
             tap_w = torch.empty(n, 4, p, device=dev, dtype=dtype)
@@ -335,13 +413,31 @@ def _backward(grad_out: Tensor, input: Tensor, matrix: Tensor | None, grid: Tens
         g = grad_out.contiguous()
         dummy = m
         _backward_kernel[(n, blocks)](
-            g, x, m, m, gin if gin is not None else dummy, tap_idx if tap_idx is not None else dummy,
-            tap_w if tap_w is not None else dummy, gcoord if gcoord is not None else dummy,
-            c, h, w, out_h, out_w, float(eps), PADDING=int(padding), ALIGN=bool(align_corners),
-            PROJECTIVE=bool(projective), FROM_GRID=grid is not None, NEED_INPUT=bool(need_input),
-            DETERMINISTIC=bool(deterministic), NEED_COORD=bool(need_coord), DTYPE=_tl_dtype(dtype),
-            BLOCK_SIZE=BLOCK)
-        if tap_idx is not None:
+            g,
+            x,
+            m,
+            m,
+            gin if gin is not None else dummy,
+            tap_idx if tap_idx is not None else dummy,
+            tap_w if tap_w is not None else dummy,
+            gcoord if gcoord is not None else dummy,
+            c,
+            h,
+            w,
+            out_h,
+            out_w,
+            float(eps),
+            PADDING=int(padding),
+            ALIGN=bool(align_corners),
+            PROJECTIVE=bool(projective),
+            FROM_GRID=from_grid,
+            NEED_INPUT=bool(need_input),
+            DETERMINISTIC=bool(deterministic),
+            NEED_COORD=bool(need_coord),
+            DTYPE=_tl_dtype(dtype),
+            BLOCK_SIZE=BLOCK,
+        )
+        if gin is not None and tap_idx is not None and tap_w is not None:
             contrib = tap_w[:, None] * g.view(n, c, 1, p).to(dtype)  # (N, C, 4, P)
             flat = tap_idx[:, None] + (torch.arange(n * c, device=dev).view(n, c, 1, 1) * (h * w))
             valid = (tap_idx >= 0)[:, None].expand(n, c, 4, p)
@@ -351,14 +447,22 @@ def _backward(grad_out: Tensor, input: Tensor, matrix: Tensor | None, grid: Tens
     if gin is not None:
         gin = gin.to(input.dtype)
     if gcoord is not None:
-        if matrix is not None:
+        if not from_grid:
             gcoord = gcoord.sum(dim=1).view(n, 3, 3)
         gcoord = gcoord.to(coords.dtype)
     return gin, gcoord
 
 
-def warp_matrix_forward(input: Tensor, matrix: Tensor, out_h: int, out_w: int, padding: int, align_corners: bool,
-                        projective: bool, eps: float) -> Tensor:
+def warp_matrix_forward(
+    input: Tensor,
+    matrix: Tensor,
+    out_h: int,
+    out_w: int,
+    padding: int,
+    align_corners: bool,
+    projective: bool,
+    eps: float,
+) -> Tensor:
     """Warp ``input`` by ``matrix`` with bilinear sampling (the fused ``affine_grid`` + ``grid_sample``).
 
     Args:
@@ -380,12 +484,22 @@ def warp_matrix_forward(input: Tensor, matrix: Tensor, out_h: int, out_w: int, p
     """
     _check_common(input, padding)
     _check_matrix(input, matrix)
-    return _forward(input, matrix, None, out_h, out_w, padding, align_corners, projective, eps)
+    return _forward(input, matrix, False, out_h, out_w, padding, align_corners, projective, eps)
 
 
-def warp_matrix_backward(grad_out: Tensor, input: Tensor, matrix: Tensor, out_h: int, out_w: int, padding: int,
-                         align_corners: bool, projective: bool, eps: float, need_input: bool,
-                         need_matrix: bool) -> tuple[Tensor | None, Tensor | None]:
+def warp_matrix_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    matrix: Tensor,
+    out_h: int,
+    out_w: int,
+    padding: int,
+    align_corners: bool,
+    projective: bool,
+    eps: float,
+    need_input: bool,
+    need_matrix: bool,
+) -> tuple[Tensor | None, Tensor | None]:
     """Return the gradients of :func:`warp_matrix_forward` w.r.t. ``input`` and ``matrix``.
 
     Args:
@@ -410,8 +524,9 @@ def warp_matrix_backward(grad_out: Tensor, input: Tensor, matrix: Tensor, out_h:
     """
     _check_common(input, padding)
     _check_matrix(input, matrix)
-    return _backward(grad_out, input, matrix, None, out_h, out_w, padding, align_corners, projective, eps,
-                     need_input, need_matrix)
+    return _backward(
+        grad_out, input, matrix, False, out_h, out_w, padding, align_corners, projective, eps, need_input, need_matrix
+    )
 
 
 def sample_forward(input: Tensor, grid: Tensor, padding: int, align_corners: bool) -> Tensor:
@@ -432,11 +547,12 @@ def sample_forward(input: Tensor, grid: Tensor, padding: int, align_corners: boo
     """
     _check_common(input, padding)
     _check_grid(input, grid)
-    return _forward(input, None, grid, grid.shape[1], grid.shape[2], padding, align_corners, False, 0.0)
+    return _forward(input, grid, True, grid.shape[1], grid.shape[2], padding, align_corners, False, 0.0)
 
 
-def sample_backward(grad_out: Tensor, input: Tensor, grid: Tensor, padding: int, align_corners: bool,
-                    need_input: bool, need_grid: bool) -> tuple[Tensor | None, Tensor | None]:
+def sample_backward(
+    grad_out: Tensor, input: Tensor, grid: Tensor, padding: int, align_corners: bool, need_input: bool, need_grid: bool
+) -> tuple[Tensor | None, Tensor | None]:
     """Return the gradients of :func:`sample_forward` w.r.t. ``input`` and ``grid``.
 
     Args:
@@ -457,5 +573,17 @@ def sample_backward(grad_out: Tensor, input: Tensor, grid: Tensor, padding: int,
     """
     _check_common(input, padding)
     _check_grid(input, grid)
-    return _backward(grad_out, input, None, grid, grid.shape[1], grid.shape[2], padding, align_corners, False, 0.0,
-                     need_input, need_grid)
+    return _backward(
+        grad_out,
+        input,
+        grid,
+        True,
+        grid.shape[1],
+        grid.shape[2],
+        padding,
+        align_corners,
+        False,
+        0.0,
+        need_input,
+        need_grid,
+    )
