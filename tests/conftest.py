@@ -10,6 +10,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+if not torch.cuda.is_available():
+    # the Triton kernels (tests/kernels) run under the interpreter; it must be set before anything imports triton,
+    # and collecting other tests does (lightning, monai, torch._dynamo)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _mnist_dir() -> Path:
     env = os.environ.get("STNKIT_TEST_MNIST")
