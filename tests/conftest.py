@@ -1,4 +1,4 @@
-"""Shared fixtures: seeds, the real MNIST folder beside the checkout, small helpers."""
+"""Shared fixtures: seeds, the real MNIST folder beside the checkout, the device matrix, small helpers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+if not torch.cuda.is_available():
+    # the Triton kernels (tests/kernels) run under the interpreter; it must be set before anything imports triton,
+    # and collecting other tests does (lightning, monai, torch._dynamo)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _mnist_dir() -> Path:
@@ -29,3 +34,28 @@ def mnist_dir() -> Path:
 def _seed():
     torch.manual_seed(0)
     return
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        action="store",
+        default="cpu",
+        choices=("cpu", "cuda", "all"),
+        help="devices the `device` fixture runs on: cpu (default), cuda, or all (cpu, and cuda when present)",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        option = metafunc.config.getoption("--device")
+        names = ["cpu", "cuda"] if option == "all" else [option]
+        metafunc.parametrize("device", names, indirect=True)
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The torch device a test runs on, from ``--device`` (cpu, cuda or all); cuda skips when none is present."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda asked for, but no CUDA device is present")
+    return torch.device(request.param)

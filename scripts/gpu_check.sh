@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# GPU check (issue 14) for a machine with one CUDA GPU and no internet: the machine's own python3 (torch with CUDA,
+# triton, pytest, lightning preinstalled; no venv, no pip). Runs the gpu-marked Triton kernel tests, the device
+# matrix on cuda and the CUDA benchmark, then prints a summary; well under 8 minutes. Without CUDA it prints
+# "no CUDA device" and exits 0. PYTHON overrides the interpreter.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src
+PY="${PYTHON:-python3}"
+
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+    echo "no CUDA device"
+    exit 0
+fi
+
+"$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "|", torch.cuda.get_device_name())'
+
+declare -a names=() codes=()
+step() {
+    local name="$1" limit="$2"
+    shift 2
+    echo "=== $name"
+    local start=$SECONDS
+    timeout "$limit" "$@"
+    local rc=$?
+    names+=("$name ($((SECONDS - start)) s)")
+    codes+=("$rc")
+}
+
+step "triton kernels (pytest -m gpu tests/kernels)" 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
+step "device matrix (--device cuda)" 120 "$PY" -m pytest -q -p no:cacheprovider --device cuda tests/test_device_matrix.py
+step "CUDA benchmark" 180 "$PY" scripts/bench_cuda.py
+
+echo "=== summary"
+status=0
+for i in "${!names[@]}"; do
+    if [ "${codes[$i]}" -eq 0 ]; then result=ok; else result="FAILED (exit ${codes[$i]})"; status=1; fi
+    echo "${names[$i]}: $result"
+done
+exit $status
