@@ -15,12 +15,6 @@ from stnkit import transforms
 
 NAMES_2D = [n for n in transforms.available() if n != "affine3d"]
 PADDINGS = ("zeros", "border", "reflection")
-FUSED_CPU = {"affine", "attention", "translation", "similarity", "projective"}
-
-
-def xfail_on_fused_cpu(request, device, name, what):
-    if device.type == "cpu" and name in FUSED_CPU:
-        request.applymarker(pytest.mark.xfail(reason=f"issue 14: the fused CPU kernel {what}", strict=True))
 
 
 def perturbed_params(name, n, device, dtype=torch.float32):
@@ -65,8 +59,7 @@ def test_warp_gradients_match_grid_sample(device, name):
     torch.testing.assert_close(got[1], ref[1])
 
 
-def test_border_gradient_groundtruth_at_last_pixel(request, device):
-    xfail_on_fused_cpu(request, device, "affine", "gives -8 here instead of 0")
+def test_border_gradient_groundtruth_at_last_pixel(device):
     x = torch.arange(5.0, device=device).expand(1, 1, 5, 5).contiguous()
     p = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]], device=device, requires_grad=True)
     out = stnkit.warp(x, p, "affine", (1, 1), padding_mode="border", align_corners=True)
@@ -103,8 +96,7 @@ def test_antialias_matches_a_supersampled_reference(device):
 
 
 @pytest.mark.parametrize("name", NAMES_2D)
-def test_nan_params_give_nan_output(request, device, name):
-    xfail_on_fused_cpu(request, device, name, "masks a NaN parameter as zeros")
+def test_nan_params_give_nan_output(device, name):
     _, p = perturbed_params(name, 2, device)
     p[1, 0] = float("nan")
     out = stnkit.warp(torch.rand(2, 1, 6, 6, device=device), p, name, (4, 4))

@@ -198,7 +198,7 @@ def test_bad_arguments_raise_one_clear_error():
         tw.warp_matrix_forward(x, torch.eye(3, device=KDEV)[None, :2], 2, 2, 0, False, False, EPS)
     with pytest.raises(ValueError, match="padding must be 0"):
         tw.warp_matrix_forward(x, torch.eye(3, device=KDEV)[None], 2, 2, 3, False, False, EPS)
-    with pytest.raises(ValueError, match="empty spatial size"):
+    with pytest.raises(ValueError, match="non-empty spatial dimensions"):
         tw.warp_matrix_forward(x[:, :, :0], torch.eye(3, device=KDEV)[None], 2, 2, 0, False, False, EPS)
     with pytest.raises(ValueError, match=r"grid must be \(N, H_out, W_out, 2\)"):
         tw.sample_forward(x, torch.zeros(1, 2, 2, 3, device=KDEV), 0, False)

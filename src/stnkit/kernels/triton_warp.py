@@ -329,7 +329,9 @@ def _check_grid(input: Tensor, grid: Tensor) -> None:
 
 def _check_nonempty(input: Tensor, out_h: int, out_w: int) -> None:
     if out_h * out_w > 0 and input.shape[0] > 0 and input.shape[2] * input.shape[3] == 0:
-        raise ValueError(f"input has an empty spatial size {tuple(input.shape[2:])}; expected H, W >= 1")
+        raise ValueError(
+            f"expected input to have non-empty spatial dimensions (as F.grid_sample); got {tuple(input.shape)}"
+        )
 
 
 def _forward(
