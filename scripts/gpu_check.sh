@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check (issue 14) for a machine with one CUDA GPU and no internet: the machine's own python3 (torch with CUDA,
 # triton, pytest, lightning preinstalled; no venv, no pip). Runs the gpu-marked Triton kernel tests, the device
-# matrix on cuda and the CUDA benchmark, then prints a summary; well under 8 minutes. Without CUDA it prints
-# "no CUDA device" and exits 0. PYTHON overrides the interpreter.
+# matrix on cuda and the CUDA rows of `stnkit bench`, then prints a summary; well under 8 minutes. Without CUDA it
+# prints "no CUDA device" and exits 0. PYTHON overrides the interpreter; the benchmark's markdown and JSON go to
+# $OUT (default /tmp/stnkit-gpu-check).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
@@ -29,7 +30,10 @@ step() {
 
 step "triton kernels (pytest -m gpu tests/kernels)" 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
 step "device matrix (--device cuda)" 120 "$PY" -m pytest -q -p no:cacheprovider --device cuda tests/test_device_matrix.py
-step "CUDA benchmark" 180 "$PY" scripts/bench_cuda.py
+RESULTS="${OUT:-/tmp/stnkit-gpu-check}"
+mkdir -p "$RESULTS"
+step "stnkit bench --device cuda" 300 "$PY" -m stnkit.bench --device cuda --sections warps --budget 0.5 \
+    --json "$RESULTS/bench_cuda.json" --markdown "$RESULTS/bench_cuda.md"
 
 echo "=== summary"
 status=0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from stnkit.bench import main
 from stnkit.bench.report import target_summary
@@ -57,11 +58,29 @@ def test_training_and_data_sections(tmp_path):
 
 
 def test_target_summary_flags_missed():
-    rows = [WarpResult("affine", "256,1,28,28->28,28", "fwd+bwd", "eager", 2.0, 4.0, 0.1, 0.0),
+    rows = [WarpResult("affine", "256,1,28,28->28,28", "fwd+bwd", "eager", 2.0, 3.0, 0.1, 0.0),
             WarpResult("affine", "8,64,56,56->56,56", "fwd+bwd", "eager", 2.0, 2.5, 0.1, 0.0)]
     lines = target_summary(rows)
     assert any("1-3 channels" in line and "MISSED" in line for line in lines)
     assert any("many channels" in line and "met" in line for line in lines)
+    cuda = target_summary(rows, "cuda")  # stricter on CUDA: >= 2x at many channels
+    assert any("many channels" in line and "MISSED" in line for line in cuda)
+
+
+def test_theta_only_pass(tmp_path):
+    out = tmp_path / "rows.json"
+    assert main(["--quick", "--sections", "warps", "--budget", "0.001", "--ops", "affine", "--passes",
+                 "theta-bwd", "--shapes", "2,3,8,8->5,5", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["pass"] for r in rows} == {"theta-bwd"}
+    assert {"eager", "sampler only"} <= {r["baseline"] for r in rows}
+
+
+def test_cuda_device_without_cuda_is_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the CUDA rows run in scripts/gpu_check.sh")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["--device", "cuda", "--sections", "warps"])
 
 
 def test_bad_arguments():
@@ -69,3 +88,5 @@ def test_bad_arguments():
         main(["--sections", "nope"])
     with pytest.raises(SystemExit):
         main(["--ops", "rotation"])
+    with pytest.raises(SystemExit, match="unknown passes"):
+        main(["--passes", "bwd"])

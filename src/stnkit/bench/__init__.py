@@ -38,10 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the warp rows as a JSON list")
     p.add_argument("--markdown", metavar="PATH", help="write the markdown report")
     p.add_argument("--sections", default="warps,training,data", help="comma list of warps,training,data")
-    p.add_argument("--ops", default=None, help="comma list of affine,attention,projective,tps16,tps64,affine3d")
+    p.add_argument("--ops", default=None, help="comma list of affine,attention,projective,tps16,tps64,affine3d "
+                   "(default all; on cuda affine,attention,projective,tps16)")
     p.add_argument("--shapes", nargs="+", type=_parse_shape, default=None, metavar="N,C,H,W->h,w",
                    help="input -> output shapes instead of the defaults")
-    p.add_argument("--passes", default="fwd,fwd+bwd", help="comma list of fwd,fwd+bwd")
+    p.add_argument("--passes", default=None, help="comma list of fwd,fwd+bwd,theta-bwd (default fwd,fwd+bwd; on "
+                   "cuda all three)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the warps run (default cpu; "
+                   "cuda: the warps section only, the CUDA shapes and ops by default, plus torch.compile baselines)")
     p.add_argument("--budget", type=float, default=None, help="seconds of timed rounds per comparison group")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--batch", type=int, default=None, help="batch of the training/data sections (default 256, "
@@ -61,17 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sections - {"warps", "training", "data"}
     if unknown:
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("stnkit bench: --device cuda, but torch sees no CUDA device")
+    if cuda and sections - {"warps"}:
+        raise SystemExit("stnkit bench: --device cuda times the warps section only; pass --sections warps")
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 1.2)
-    ops = tuple(args.ops.split(",")) if args.ops else warps.OPS
+    ops = tuple(args.ops.split(",")) if args.ops else (warps.CUDA_OPS if cuda else warps.OPS)
     bad = set(ops) - set(warps.OPS)
     if bad:
         raise SystemExit(f"unknown ops: {', '.join(sorted(bad))}")
-    shapes = tuple(args.shapes) if args.shapes else (warps.QUICK_SHAPES if args.quick else warps.FULL_SHAPES)
-    passes = tuple(args.passes.split(","))
+    default_shapes = warps.QUICK_SHAPES if args.quick else (warps.CUDA_SHAPES if cuda else warps.FULL_SHAPES)
+    shapes = tuple(args.shapes) if args.shapes else default_shapes
+    passes = tuple(args.passes.split(",")) if args.passes else (warps.PASSES if cuda else ("fwd", "fwd+bwd"))
+    bad = set(passes) - set(warps.PASSES)
+    if bad:
+        raise SystemExit(f"unknown passes: {', '.join(sorted(bad))}; expected {', '.join(warps.PASSES)}")
     command = "python -m stnkit.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else
                                                                              sys.argv[1:]))
-    info = machine_info()
-    bandwidth = copy_bandwidth(32 if args.quick else 256)
+    info = machine_info(args.device)
+    bandwidth = copy_bandwidth(32 if args.quick else 256, device=args.device)
     print(f"stnkit bench: torch {info['torch']}, {info['cpu']}; copy bandwidth {bandwidth:.1f} GB/s; "
           f"load {info['load average (1/5/15 min) at start']}", flush=True)
     notes: list[str] = []
@@ -80,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     min_reps = 3 if args.quick else 5
     if "warps" in sections:
         print("warps (median ms, x = baseline / stnkit):", flush=True)
-        warp_rows = warps.run_warps(shapes, ops, passes, bandwidth, budget, notes, min_reps=min_reps)
+        warp_rows = warps.run_warps(shapes, ops, passes, bandwidth, budget, notes, min_reps=min_reps,
+                                    device=args.device)
     steps = data = None
     if "training" in sections:
         if training.available("stnkit.models"):
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             notes.append("stnkit.data / stnkit.models not in this checkout: data-rate section not run")
     info["load average (1/5/15 min) at end"] = load_average()
-    text = report.markdown(info, command, bandwidth, warp_rows, steps, data, notes)
+    text = report.markdown(info, command, bandwidth, warp_rows, steps, data, notes, device=args.device)
     print()
     print(text)
     if args.json:

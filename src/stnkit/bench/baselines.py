@@ -6,6 +6,7 @@
   same normalised parameters, so outputs agree), ``get_tps_transform`` + ``warp_image_tps``. kornia's spline puts
   its kernel centres at the source points (stnkit and the paper at the output-frame control points), so its TPS
   output differs from stnkit's; its work per call (solve + basis + sample) is what is timed.
+* ``compile``: ``torch.compile`` of the ``eager`` function (matrix ops; the CUDA rows: Inductor's fusion of the pair).
 * ``sampler only``: ``F.grid_sample`` on a grid built outside the timing: the floor of every grid-then-sample path.
 * ``tps-plain``: the OCR-rectifier/Lasagne TPS: inverse system and output basis precomputed once, per call
   ``coefficients = inverse @ [y; 0]``, ``grid = basis @ coefficients`` (broadcast over the batch), grid_sample.
@@ -37,7 +38,7 @@ def kornia_available() -> bool:
 
 def _homogeneous(theta: Tensor) -> Tensor:
     """(N, 2, 3) -> (N, 3, 3) with last row (0, 0, 1)."""
-    last = torch.zeros(theta.shape[0], 1, 3, dtype=theta.dtype)
+    last = torch.zeros(theta.shape[0], 1, 3, dtype=theta.dtype, device=theta.device)
     last[:, 0, 2] = 1.0
     return torch.cat([theta, last], dim=1)
 
@@ -57,7 +58,7 @@ def _radial(points: Tensor, centres: Tensor) -> Tensor:
 
 def _tps_system(cp: Tensor) -> Tensor:
     k = cp.shape[0]
-    system = torch.zeros(k + 3, k + 3, dtype=cp.dtype)
+    system = torch.zeros(k + 3, k + 3, dtype=cp.dtype, device=cp.device)
     basis = _radial(cp, cp)  # (K, K + 3)
     system[:k] = basis
     system[k:, :k] = basis[:, k:].T
@@ -66,7 +67,7 @@ def _tps_system(cp: Tensor) -> Tensor:
 
 def _tps_plain(cp: Tensor, size: tuple[int, int], ac: bool) -> Callable[[Tensor, Tensor], Tensor]:
     inverse = torch.linalg.inv(_tps_system(cp.double())).float()[:, : cp.shape[0]]  # (K + 3, K)
-    basis = _radial(identity_grid(size, ac).reshape(-1, 2), cp.float())  # (H*W, K + 3)
+    basis = _radial(identity_grid(size, ac, device=cp.device).reshape(-1, 2), cp.float())  # (H*W, K + 3)
 
     def run(x: Tensor, y: Tensor) -> Tensor:
         coeffs = torch.matmul(inverse, y)  # (N, K + 3, 2)
@@ -83,7 +84,7 @@ def _tps_solve(cp: Tensor, size: tuple[int, int], ac: bool) -> Callable[[Tensor,
         system = _tps_system(cp)
         rhs = torch.cat([y, y.new_zeros(y.shape[0], 3, 2)], dim=1)  # (N, K + 3, 2)
         coeffs = torch.linalg.solve(system, rhs)  # (N, K + 3, 2)
-        basis = _radial(identity_grid(size, ac).reshape(-1, 2), cp)  # (H*W, K + 3)
+        basis = _radial(identity_grid(size, ac, device=cp.device).reshape(-1, 2), cp)  # (H*W, K + 3)
         grid = torch.matmul(basis, coeffs).view(-1, *size, 2)
         return F.grid_sample(x, grid, align_corners=ac)
 
@@ -92,21 +93,26 @@ def _tps_solve(cp: Tensor, size: tuple[int, int], ac: bool) -> Callable[[Tensor,
 
 def make_baseline(
     name: str, op: str, in_size: tuple[int, ...], out_size: tuple[int, ...], ac: bool,
-    tps: ThinPlateSpline | None = None,
+    tps: ThinPlateSpline | None = None, device: torch.device | str = "cpu",
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """Return ``f(x, params) -> output`` for baseline ``name`` of op ``op``; params as stnkit takes them.
 
     Args:
-        name: ``"eager"``, ``"sampler only"``, ``"kornia"``, ``"tps-plain"`` or ``"tps-solve"``.
+        name: ``"eager"``, ``"compile"``, ``"sampler only"``, ``"kornia"``, ``"tps-plain"`` or ``"tps-solve"``.
         op: ``"affine"``, ``"attention"``, ``"projective"``, ``"tps16"``, ``"tps64"`` or ``"affine3d"``.
         in_size: spatial size of the input.
         out_size: spatial size of the output.
         ac: align_corners.
         tps: the stnkit transform whose control points the TPS baselines use.
+        device: where the inputs live (precomputed grids and bases are built there).
 
     Returns:
         The callable; raises ``KeyError`` for a combination that does not exist.
     """
+    device = torch.device(device)
+    if name == "compile" and op in ("affine", "attention", "projective", "affine3d"):
+        return cast("Callable[[Tensor, Tensor], Tensor]",
+                    torch.compile(make_baseline("eager", op, in_size, out_size, ac, tps, device)))
     if name == "eager":
         if op in ("affine", "attention", "affine3d"):
             rows = 3 if op == "affine3d" else 2
@@ -121,7 +127,7 @@ def make_baseline(
 
             return eager
         if op == "projective":
-            base = identity_grid(out_size, ac)  # (1, H, W, 2)
+            base = identity_grid(out_size, ac, device=device)  # (1, H, W, 2)
             base = torch.cat([base, torch.ones_like(base[..., :1])], dim=-1).view(1, -1, 3)  # (1, H*W, 3)
 
             def eager_projective(x: Tensor, p: Tensor) -> Tensor:
@@ -165,7 +171,7 @@ def make_baseline(
 
             return kornia_matrix
         if op.startswith("tps") and tps is not None and tuple(in_size) == tuple(out_size):
-            cp = tps.control_points.float()
+            cp = tps.control_points.float().to(device)
 
             def kornia_tps(x: Tensor, p: Tensor) -> Tensor:
                 y = p.view(p.shape[0], -1, 2)
@@ -176,6 +182,6 @@ def make_baseline(
             return kornia_tps
     if name in ("tps-plain", "tps-solve") and op.startswith("tps") and tps is not None:
         make = _tps_plain if name == "tps-plain" else _tps_solve
-        run = make(tps.control_points, (out_size[0], out_size[1]), ac)
+        run = make(tps.control_points.to(device), (out_size[0], out_size[1]), ac)
         return lambda x, p: run(x, p.view(p.shape[0], -1, 2))
     raise KeyError(f"no baseline {name!r} for op {op!r} at {in_size} -> {out_size}")

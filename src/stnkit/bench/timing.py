@@ -52,19 +52,22 @@ def interleaved(
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
-def copy_bandwidth(megabytes: int = 128, reps: int = 5) -> float:
+def copy_bandwidth(megabytes: int = 128, reps: int = 5, device: str = "cpu") -> float:
     """Return the measured copy bandwidth in GB/s (bytes read + written per second, best of ``reps``).
 
-    The buffer is larger than a typical last-level cache, so this is the DRAM streaming rate with torch's current
-    thread count: the rate the memory-bandwidth lower bounds of the warp table divide by.
+    The buffer is larger than a typical last-level cache, so this is the DRAM (or GPU memory) streaming rate with
+    torch's current thread count: the rate the memory-bandwidth lower bounds of the warp table divide by.
     """
     n = megabytes * 2**20 // 4
-    src = torch.rand(n)
+    src = torch.rand(n, device=device)
     dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if src.device.type == "cuda" else (lambda: None)
     best = float("inf")
     for _ in range(reps + 1):
+        sync()
         t0 = time.perf_counter()
         dst.copy_(src)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * src.numel() * 4 / best / 1e9
 
@@ -88,8 +91,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info() -> dict[str, str]:
-    """Return the machine and library versions the numbers belong to."""
+def machine_info(device: str = "cpu") -> dict[str, str]:
+    """Return the machine and library versions the numbers belong to (and the GPU's, for ``device="cuda"``)."""
     try:
         import kornia
 
@@ -104,7 +107,17 @@ def machine_info() -> dict[str, str]:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001 - informational only
         capability = "?"
+    gpu = {}
+    if device == "cuda":
+        try:
+            import triton
+
+            triton_version = triton.__version__
+        except ImportError:
+            triton_version = "not installed (stnkit runs its reference path on CUDA)"
+        gpu = {"gpu": f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})", "triton": triton_version}
     return {
+        **gpu,
         "cpu": f"{_cpu_name()} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
                f"ATen CPU capability {capability})",
         "python": platform.python_version(),

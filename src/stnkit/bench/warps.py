@@ -1,12 +1,15 @@
 """The warp table: stnkit's ``warp`` against each alternative, per op, shape and pass, in one process.
 
 Ops: ``affine``, ``attention``, ``projective``, ``tps16``, ``tps64`` (2-D shapes) and ``affine3d`` (3-D shapes).
-Passes: ``fwd`` (no autograd) and ``fwd+bwd`` (gradients to the input *and* the parameters, as in training an
-ST layer that is not the first layer). Every case is run at ``align_corners=True``, the frame kornia's matrix
-warps use, so stnkit, eager and kornia compute the same output (checked, column ``max |diff|``).
+Passes: ``fwd`` (no autograd), ``fwd+bwd`` (gradients to the input *and* the parameters, as in training an
+ST layer that is not the first layer) and ``theta-bwd`` (forward and the gradient to the parameters only: a
+transformer on the raw image, the common case). On CUDA (``device="cuda"``) every call ends in a synchronisation,
+and the matrix ops are also timed against ``torch.compile`` of the eager pair. Every case is run at
+``align_corners=True``, the frame kornia's matrix warps use, so stnkit, eager and kornia compute the same output (checked, column ``max |diff|``).
 
 Memory-bandwidth lower bound per case: the bytes that must move (fwd: read the input, write the output; fwd+bwd:
-that, plus read the output gradient, read the input again and write its gradient: ``3 in + 2 out``, float32)
+that, plus read the output gradient, read the input again and write its gradient: ``3 in + 2 out``; theta-bwd:
+``2 in + 2 out``; float32)
 divided by the measured copy bandwidth. ``stnkit / bound`` says how far the fastest path is from it.
 """
 
@@ -22,7 +25,7 @@ from stnkit.bench.baselines import kornia_available, make_baseline
 from stnkit.bench.timing import interleaved
 from stnkit.transforms import ThinPlateSpline
 
-__all__ = ["FULL_SHAPES", "OPS", "QUICK_SHAPES", "WarpResult", "run_warps"]
+__all__ = ["CUDA_OPS", "CUDA_SHAPES", "FULL_SHAPES", "OPS", "PASSES", "QUICK_SHAPES", "WarpResult", "run_warps"]
 
 OPS = ("affine", "attention", "projective", "tps16", "tps64", "affine3d")
 Shape = tuple[tuple[int, ...], tuple[int, ...]]  # (input (N, C, *spatial), output spatial size)
@@ -40,6 +43,12 @@ QUICK_SHAPES: tuple[Shape, ...] = (
     ((8, 64, 56, 56), (56, 56)),
     ((2, 1, 16, 16, 16), (16, 16, 16)),
 )
+#: the CUDA rows' defaults: the paper's attention shapes and a feature-map transformer (issue 14's goals)
+CUDA_SHAPES: tuple[Shape, ...] = (
+    ((256, 1, 42, 42), (21, 21)),
+    ((256, 1, 60, 60), (30, 30)),
+    ((8, 64, 56, 56), (56, 56)),
+)
 BASELINES = {
     "affine": ("eager", "kornia", "sampler only"),
     "attention": ("eager", "kornia"),
@@ -51,6 +60,10 @@ BASELINES = {
 # kornia's TPS materialises (N, H*W, K) distances and products; above this many elements one call takes seconds
 _KORNIA_TPS_MAX = 32_000_000
 ALIGN_CORNERS = True
+PASSES = ("fwd", "fwd+bwd", "theta-bwd")
+CUDA_OPS = ("affine", "attention", "projective", "tps16")
+#: extra baselines on CUDA (Inductor's fused grid + sample is the strongest alternative there)
+CUDA_BASELINES = {"affine": ("compile",), "attention": ("compile",), "projective": ("compile",)}
 
 
 @dataclass
@@ -109,37 +122,42 @@ def _stnkit(op: str, out_size: tuple[int, ...], tps: ThinPlateSpline | None) -> 
 
 
 def _bound_ms(in_numel: int, out_numel: int, pass_: str, bandwidth_gbs: float) -> float:
-    moved = 4 * (in_numel + out_numel) if pass_ == "fwd" else 4 * (3 * in_numel + 2 * out_numel)
+    moved = {"fwd": 4 * (in_numel + out_numel), "theta-bwd": 4 * (2 * in_numel + 2 * out_numel)}.get(
+        pass_, 4 * (3 * in_numel + 2 * out_numel))
     return moved / (bandwidth_gbs * 1e9) * 1e3
 
 
 def _wrap(fn: Callable, x: torch.Tensor, p: torch.Tensor, pass_: str, go: torch.Tensor | None) -> Callable:
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     if pass_ == "fwd":
         def fwd() -> None:
             with torch.no_grad():
                 fn(x, p)
+            sync()
         return fwd
-    xg, pg = x.detach().requires_grad_(), p.detach().requires_grad_()
+    xg, pg = x.detach().requires_grad_(pass_ == "fwd+bwd"), p.detach().requires_grad_()
 
     def fwd_bwd() -> None:
         xg.grad = pg.grad = None  # fresh gradients every call (no accumulation), to every leaf that needs one
         fn(xg, pg).backward(go)
+        sync()
     return fwd_bwd
 
 
 def run_case(
     op: str, in_shape: tuple[int, ...], out_size: tuple[int, ...], pass_: str, bandwidth_gbs: float,
-    budget_s: float, notes: list[str], seed: int = 0, min_reps: int = 5,
+    budget_s: float, notes: list[str], seed: int = 0, min_reps: int = 5, device: str = "cpu",
 ) -> list[WarpResult]:
     """Time stnkit and every available baseline of one case side by side; return one result per baseline."""
     gen = torch.Generator().manual_seed(seed)
     tps = ThinPlateSpline(grid_size=4 if op == "tps16" else 8) if op.startswith("tps") else None
     n, spatial = in_shape[0], in_shape[2:]
-    x = torch.rand(*in_shape, generator=gen)
-    p = _params(op, n, gen, tps)
-    affine_p = _params("affine", n, gen, None)
+    x = torch.rand(*in_shape, generator=gen).to(device)
+    p = _params(op, n, gen, tps).to(device)
+    affine_p = _params("affine", n, gen, None).to(device)
     fns: dict[str, Callable] = {"stnkit": _stnkit(op, out_size, tps)}
-    for name in BASELINES[op]:
+    names = BASELINES[op] + (CUDA_BASELINES.get(op, ()) if x.device.type == "cuda" else ())
+    for name in names:
         if name == "stnkit affine":
             fns[name] = _stnkit("affine", out_size, None)
             continue
@@ -156,10 +174,10 @@ def run_case(
                 notes.append(f"kornia TPS skipped at {shape_str(in_shape, out_size)}, {op} (its (N, H*W, K) "
                              f"intermediates make one call take seconds)")
                 continue
-        fns[name] = make_baseline(name, op, tuple(spatial), tuple(out_size), ALIGN_CORNERS, tps)
+        fns[name] = make_baseline(name, op, tuple(spatial), tuple(out_size), ALIGN_CORNERS, tps, x.device)
     with torch.no_grad():
         outs = {k: f(x, affine_p if k == "stnkit affine" else p) for k, f in fns.items()}
-    go = torch.randn(outs["stnkit"].shape, generator=gen) if pass_ == "fwd+bwd" else None
+    go = None if pass_ == "fwd" else torch.randn(outs["stnkit"].shape, generator=gen).to(device)
     timed = {k: _wrap(f, x, affine_p if k == "stnkit affine" else p, pass_, go) for k, f in fns.items()}
     ms = interleaved(timed, budget_s=budget_s, min_reps=min_reps)
     bound = _bound_ms(x.numel(), outs["stnkit"].numel(), pass_, bandwidth_gbs)
@@ -175,7 +193,7 @@ def run_case(
 
 def run_warps(
     shapes: tuple[Shape, ...], ops: tuple[str, ...], passes: tuple[str, ...], bandwidth_gbs: float,
-    budget_s: float, notes: list[str], log: Callable[[str], None] = print, min_reps: int = 5,
+    budget_s: float, notes: list[str], log: Callable[[str], None] = print, min_reps: int = 5, device: str = "cpu",
 ) -> list[WarpResult]:
     """Run every (op, shape, pass) case that applies (3-D ops on 3-D shapes, 2-D ops on 2-D shapes)."""
     results: list[WarpResult] = []
@@ -184,7 +202,8 @@ def run_warps(
             if (op == "affine3d") != (len(out_size) == 3):
                 continue
             for pass_ in passes:
-                case = run_case(op, in_shape, out_size, pass_, bandwidth_gbs, budget_s, notes, min_reps=min_reps)
+                case = run_case(op, in_shape, out_size, pass_, bandwidth_gbs, budget_s, notes, min_reps=min_reps,
+                                device=device)
                 for r in case:
                     log(f"  {r.op:10s} {r.shape:26s} {r.pass_:8s} stnkit {r.stnkit_ms:9.3f} ms  {r.baseline:13s} "
                         f"{r.baseline_ms:9.3f} ms  x{r.ratio:.2f}")
