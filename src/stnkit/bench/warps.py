@@ -5,7 +5,8 @@ Passes: ``fwd`` (no autograd), ``fwd+bwd`` (gradients to the input *and* the par
 ST layer that is not the first layer) and ``theta-bwd`` (forward and the gradient to the parameters only: a
 transformer on the raw image, the common case). On CUDA (``device="cuda"``) every call ends in a synchronisation,
 and the matrix ops are also timed against ``torch.compile`` of the eager pair. Every case is run at
-``align_corners=True``, the frame kornia's matrix warps use, so stnkit, eager and kornia compute the same output (checked, column ``max |diff|``).
+``align_corners=True``, the frame kornia's matrix warps use, so stnkit, eager and kornia compute the same output
+(checked, column ``max |diff|``).
 
 Memory-bandwidth lower bound per case: the bytes that must move (fwd: read the input, write the output; fwd+bwd:
 that, plus read the output gradient, read the input again and write its gradient: ``3 in + 2 out``; theta-bwd:
