@@ -17,7 +17,7 @@ from stnkit import transforms as _transforms
 from stnkit._checks import normalize_size
 from stnkit.models._registry import register_model
 from stnkit.models.localization import fcn_localization, fcn_localization_params
-from stnkit.models.mnist import DEFAULT_PARAM_BUDGET, FCN, _fcn_hidden, _st_sizes
+from stnkit.models.mnist import DEFAULT_PARAM_BUDGET, FCN, fcn_hidden, st_sizes
 from stnkit.modules import ParallelSpatialTransformers, SpatialTransformer
 
 __all__ = ["ParallelSTClassifier"]
@@ -90,7 +90,7 @@ def st_fcn_x2(
     t = _transforms.get(transform)
     if t.spatial_dims != 2:
         raise ValueError(f"transform {t.name!r} is not a 2-D transform; ST models classify images")
-    out_size, cls_size = _st_sizes(size, st_downsample)
+    out_size, cls_size = st_sizes(size, st_downsample)
     in_features = in_channels * size[0] * size[1]
     sts = []
     for _ in range(branches):
@@ -99,7 +99,7 @@ def st_fcn_x2(
                                       bound=bound, loc_lr_scale=loc_lr_scale))
     branch_params = fcn_localization_params(in_features) + (feat + 1) * t.num_params
     cls_channels = branches * in_channels
-    hidden = hidden or _fcn_hidden(cls_channels * cls_size[0] * cls_size[1], num_classes,
+    hidden = hidden or fcn_hidden(cls_channels * cls_size[0] * cls_size[1], num_classes,
                                    param_budget - branches * branch_params)
     classifier = FCN(cls_size, cls_channels, num_classes, hidden)
     return ParallelSTClassifier(ParallelSpatialTransformers(sts), classifier, avgpool=st_downsample == "avgpool")

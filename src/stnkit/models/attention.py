@@ -28,7 +28,7 @@ from stnkit.models.localization import (
     cnn_localization,
     heatmap_localization,
 )
-from stnkit.models.mnist import CNN, DEFAULT_PARAM_BUDGET, STClassifier, _cnn_channels, _st_sizes
+from stnkit.models.mnist import CNN, DEFAULT_PARAM_BUDGET, STClassifier, cnn_channels, st_sizes
 from stnkit.modules import SpatialTransformer
 
 __all__ = ["LOCALIZATIONS", "LOC_SIZE", "SCALE_RANGE"]
@@ -86,7 +86,7 @@ def st_cnn_attention(
     if localization not in LOCALIZATIONS:
         raise ValueError(f"unknown localization {localization!r}; expected one of {', '.join(LOCALIZATIONS)}")
     ch, cw = normalize_size(crop, 2, "crop")
-    out_size, cls_size = _st_sizes((ch, cw), st_downsample)
+    out_size, cls_size = st_sizes((ch, cw), st_downsample)
     if localization == "auto":
         localization = "heatmap" if t.name == "attention" else "cnn"
     if localization == "heatmap":
@@ -111,5 +111,5 @@ def st_cnn_attention(
         st = SpatialTransformer(loc, t, output_size=out_size, in_features=feat, bound=bound,
                                 loc_lr_scale=loc_lr_scale)
     budget = param_budget - sum(p.numel() for p in st.localization_parameters())  # localisation net and head
-    channels = channels or _cnn_channels((in_channels, *cls_size), num_classes, budget)
+    channels = channels or cnn_channels((in_channels, *cls_size), num_classes, budget)
     return STClassifier(st, CNN(cls_size, in_channels, num_classes, channels), avgpool=st_downsample == "avgpool")

@@ -24,7 +24,9 @@ from stnkit.models.localization import (
 )
 from stnkit.modules import SpatialTransformer
 
-__all__ = ["CNN", "DEFAULT_PARAM_BUDGET", "FCN", "STClassifier", "ST_DOWNSAMPLE"]
+__all__ = [
+    "CNN", "DEFAULT_PARAM_BUDGET", "FCN", "STClassifier", "ST_DOWNSAMPLE", "cnn_channels", "fcn_hidden", "st_sizes",
+]
 
 DEFAULT_PARAM_BUDGET = 150_000
 ST_DOWNSAMPLE = ("output_size", "avgpool")
@@ -174,13 +176,27 @@ def _solve_width(count: Callable[[int], int], budget: int) -> int:
     return min(range(1, 4097), key=lambda w: abs(count(w) - budget))
 
 
-def _fcn_hidden(in_features: int, num_classes: int, budget: int) -> tuple[int, int]:
+def fcn_hidden(in_features: int, num_classes: int, budget: int) -> tuple[int, int]:
+    """Return the two equal hidden widths of an FCN whose parameter count is closest to ``budget``.
+
+    Example:
+        >>> FCN.num_params(784, fcn_hidden(784, 10, 150_000), 10) <= 160_000
+        True
+    """
     w = _solve_width(lambda w: FCN.num_params(in_features, (w, w), num_classes), budget)
     return (w, w)
 
 
-def _cnn_channels(input_shape: tuple[int, int, int], num_classes: int, budget: int) -> tuple[int, int]:
-    # the second conv layer has twice the filters of the first, the usual doubling after a pool
+def cnn_channels(input_shape: tuple[int, int, int], num_classes: int, budget: int) -> tuple[int, int]:
+    """Return the conv widths ``(w, 2w)`` of a CNN on ``input_shape`` (C, H, W) closest to ``budget`` parameters.
+
+    The second layer has twice the filters of the first (the usual doubling after a pool).
+
+    Example:
+        >>> w1, w2 = cnn_channels((1, 28, 28), 10, 150_000)
+        >>> w2 == 2 * w1
+        True
+    """
     w = _solve_width(lambda w: CNN.num_params(input_shape, (w, 2 * w), num_classes), budget)
     return (w, 2 * w)
 
@@ -192,7 +208,7 @@ def fcn(
 ) -> FCN:
     """FCN baseline; hidden widths solved for ``param_budget`` unless given."""
     size = _size2(input_size)
-    hidden = hidden or _fcn_hidden(in_channels * size[0] * size[1], num_classes, param_budget)
+    hidden = hidden or fcn_hidden(in_channels * size[0] * size[1], num_classes, param_budget)
     return FCN(size, in_channels, num_classes, hidden)
 
 
@@ -203,12 +219,20 @@ def cnn(
 ) -> CNN:
     """CNN baseline; conv widths solved for ``param_budget`` unless given."""
     size = _size2(input_size)
-    channels = channels or _cnn_channels((in_channels, *size), num_classes, param_budget)
+    channels = channels or cnn_channels((in_channels, *size), num_classes, param_budget)
     return CNN(size, in_channels, num_classes, channels)
 
 
-def _st_sizes(size: tuple[int, int], st_downsample: str | None) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Return (transformer output size, classifier input size) for a downsampling choice."""
+def st_sizes(size: tuple[int, int], st_downsample: str | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Return (transformer output size, classifier input size) for a downsampling choice.
+
+    ``st_downsample`` is None or one of :data:`ST_DOWNSAMPLE`: ``"output_size"`` halves the transformer's output,
+    ``"avgpool"`` pools its full-size output.
+
+    Example:
+        >>> st_sizes((42, 42), "output_size"), st_sizes((42, 42), "avgpool")
+        (((21, 21), (21, 21)), ((42, 42), (21, 21)))
+    """
     if st_downsample is None:
         return size, size
     check_choice(st_downsample, ST_DOWNSAMPLE, "st_downsample")
@@ -225,7 +249,7 @@ def _st_model(
     t = _transforms.get(transform)
     if t.spatial_dims != 2:
         raise ValueError(f"transform {t.name!r} is not a 2-D transform; ST models classify images")
-    out_size, cls_size = _st_sizes(size, st_downsample)
+    out_size, cls_size = st_sizes(size, st_downsample)
     if kind == "fcn":
         loc, feat = fcn_localization(in_channels * size[0] * size[1])
         loc_params = fcn_localization_params(in_channels * size[0] * size[1])
@@ -235,10 +259,10 @@ def _st_model(
     budget = param_budget - loc_params - (feat + 1) * t.num_params  # what is left for the classifier
     st = SpatialTransformer(loc, t, output_size=out_size, in_features=feat, bound=bound, loc_lr_scale=loc_lr_scale)
     if kind == "fcn":
-        hidden = width or _fcn_hidden(in_channels * cls_size[0] * cls_size[1], num_classes, budget)
+        hidden = width or fcn_hidden(in_channels * cls_size[0] * cls_size[1], num_classes, budget)
         classifier: nn.Module = FCN(cls_size, in_channels, num_classes, hidden)
     else:
-        channels = width or _cnn_channels((in_channels, *cls_size), num_classes, budget)
+        channels = width or cnn_channels((in_channels, *cls_size), num_classes, budget)
         classifier = CNN(cls_size, in_channels, num_classes, channels)
     return STClassifier(st, classifier, avgpool=st_downsample == "avgpool")
 

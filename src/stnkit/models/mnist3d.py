@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from stnkit._checks import check_tensor, normalize_size, shape_str
 from stnkit.models._registry import register_model
-from stnkit.models.mnist import CNN, DEFAULT_PARAM_BUDGET, _cnn_channels
+from stnkit.models.mnist import CNN, DEFAULT_PARAM_BUDGET, cnn_channels
 from stnkit.modules import SpatialTransformer
 from stnkit.sampling import warp
 from stnkit.transforms import Affine3D
@@ -137,7 +137,7 @@ def _projection_model(transformer: bool, input_size: int | Sequence[int], in_cha
         st = SpatialTransformer(loc, "affine3d", output_size=out, in_features=feat, bound=bound,
                                 loc_lr_scale=loc_lr_scale)
         budget -= volume_localization_params(side[0], in_channels) + (feat + 1) * 12
-    channels = channels or _cnn_channels((in_channels, out[1], out[2]), num_classes, budget)
+    channels = channels or cnn_channels((in_channels, out[1], out[2]), num_classes, budget)
     return ProjectionClassifier(CNN(out[1:], in_channels, num_classes, channels), out, st)
 
 

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from stnkit._checks import check_float, check_tensor, normalize_size, shape_str
-from stnkit.transforms._grid_fn import _affine_grid_fast, _affine_grid_reference
 from stnkit.transforms.base import MatrixTransform, grid_dtype, no_autocast
+from stnkit.transforms.grid_fns import affine_grid_fast, affine_grid_reference
 
 __all__ = ["Affine", "Attention", "Similarity", "Translation", "affine_grid"]
 
@@ -46,8 +46,8 @@ def affine_grid(theta: Tensor, output_size: int | Sequence[int], *, align_corner
 
 
 def _affine_grid(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
-    # broadcast forward, analytic backward (transforms/_grid_fn.py); _affine_grid_reference is the autograd path
-    return _affine_grid_fast(theta, size, align_corners)  # (N, H, W, 2)
+    # broadcast forward, analytic backward (transforms/grid_fns.py); affine_grid_reference is the autograd path
+    return affine_grid_fast(theta, size, align_corners)  # (N, H, W, 2)
 
 
 class _Affine2D(MatrixTransform):
@@ -61,7 +61,7 @@ class _Affine2D(MatrixTransform):
         return _affine_grid(self._theta(params), size, align_corners)
 
     def _reference_grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
-        return _affine_grid_reference(self._theta(params), size, align_corners)
+        return affine_grid_reference(self._theta(params), size, align_corners)
 
     def _to_matrix(self, params: Tensor) -> Tensor:
         theta = self._theta(params)  # (N, 2, 3)

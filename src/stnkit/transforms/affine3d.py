@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from stnkit._checks import check_float, check_tensor, normalize_size, shape_str
-from stnkit.transforms._grid_fn import _affine_grid3d_reference, _affine_grid_fast
 from stnkit.transforms.base import MatrixTransform, grid_dtype, no_autocast
+from stnkit.transforms.grid_fns import affine_grid3d_reference, affine_grid_fast
 
 __all__ = ["Affine3D", "affine_grid3d"]
 
@@ -41,8 +41,8 @@ def affine_grid3d(theta: Tensor, output_size: int | Sequence[int], *, align_corn
 
 
 def _affine_grid3d(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
-    # broadcast forward, analytic backward (transforms/_grid_fn.py); _affine_grid3d_reference is the autograd path
-    return _affine_grid_fast(theta, size, align_corners)  # (N, D, H, W, 3)
+    # broadcast forward, analytic backward (transforms/grid_fns.py); affine_grid3d_reference is the autograd path
+    return affine_grid_fast(theta, size, align_corners)  # (N, D, H, W, 3)
 
 
 class Affine3D(MatrixTransform):
@@ -68,7 +68,7 @@ class Affine3D(MatrixTransform):
         return _affine_grid3d(params.view(-1, 3, 4), size, align_corners)
 
     def _reference_grid(self, params: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
-        return _affine_grid3d_reference(params.view(-1, 3, 4), size, align_corners)
+        return affine_grid3d_reference(params.view(-1, 3, 4), size, align_corners)
 
     def _to_matrix(self, params: Tensor) -> Tensor:
         last = torch.zeros(params.shape[0], 1, 4, device=params.device, dtype=params.dtype)

@@ -8,7 +8,7 @@ the fastest axis' coordinates, so no base grid is ever materialised. Autograd th
 broadcast ops instead materialises two full-size products and reduces them; the analytic form is what
 ``benchmarks/`` measures against. The backward is written in differentiable torch ops, so double backward works.
 
-The plain broadcast functions (``_affine_grid_reference`` / ``_affine_grid3d_reference``) stay as the reference
+The plain broadcast functions (``affine_grid_reference`` / ``affine_grid3d_reference``) stay as the reference
 the tests compare against, and as the path used while ``torch.compile``/``torch.export`` trace.
 """
 
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from stnkit.grid import base_coords
 
-__all__: list[str] = []
+__all__ = ["affine_grid3d_reference", "affine_grid_fast", "affine_grid_reference"]
 
 
 def _is_tracing() -> bool:
@@ -35,7 +35,7 @@ def _is_tracing() -> bool:
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
-def _affine_grid_reference(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+def affine_grid_reference(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
     """Broadcast affine grid (N, H, W, 2) of theta (N, 2, 3), differentiated by autograd (the reference)."""
     h, w = size
     x = base_coords(w, align_corners, device=theta.device, dtype=theta.dtype).view(1, 1, w, 1)  # (1, 1, W, 1)
@@ -45,7 +45,7 @@ def _affine_grid_reference(theta: Tensor, size: tuple[int, ...], align_corners: 
     return torch.addcmul(torch.addcmul(cols[..., 2, :], x, cols[..., 0, :]), y, cols[..., 1, :])
 
 
-def _affine_grid3d_reference(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+def affine_grid3d_reference(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
     """Broadcast affine grid (N, D, H, W, 3) of theta (N, 3, 4), differentiated by autograd (the reference)."""
     d, h, w = size
     dev, dt = theta.device, theta.dtype
@@ -123,13 +123,13 @@ class _AffineGridFn(torch.autograd.Function):
         return _grid_grad_to_theta(grad, ctx.size, ctx.align_corners), None, None
 
 
-def _affine_grid_fast(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+def affine_grid_fast(theta: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
     """Affine grid of theta (N, 2, 3) -> (N, H, W, 2) or (N, 3, 4) -> (N, D, H, W, 3), analytic backward.
 
     Falls back to the broadcast reference while a tracer (compile/export/jit) is active, so traced graphs contain
     plain ATen ops only.
     """
     if _is_tracing():
-        ref = _affine_grid_reference if len(size) == 2 else _affine_grid3d_reference
+        ref = affine_grid_reference if len(size) == 2 else affine_grid3d_reference
         return ref(theta, size, align_corners)
     return _AffineGridFn.apply(theta, tuple(size), bool(align_corners))
