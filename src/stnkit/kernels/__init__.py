@@ -46,17 +46,25 @@ def build_error() -> str | None:
 
 
 def supports(device: torch.device, padding_mode: str) -> bool:
-    """Return whether :func:`warp_matrix` has a fast kernel for this device and padding (shape-free).
+    """Return whether :func:`warp_matrix` has a fast kernel here for this padding (shape-free).
 
-    CPU: zeros and border padding; CUDA: zeros, border and reflection. Elsewhere the reference path is as fast.
+    CPU: zeros and border padding, when the C++ kernel is built (the first call builds it); CUDA: zeros, border and
+    reflection, when the Triton kernels can run. Elsewhere the grid path (analytic grid + ``F.grid_sample``) is
+    faster than the op's own reference composition (measured: ``benchmarks/RESULTS.md``), so callers take it.
+    While ``torch.compile``/``torch.export`` trace, the op is taken whenever the padding applies (it computes the
+    reference composition where no kernel runs).
 
     Example:
-        >>> supports(torch.device("cpu"), "zeros"), supports(torch.device("cpu"), "reflection")
-        (True, False)
+        >>> supports(torch.device("cpu"), "reflection")
+        False
     """
     if device.type == "cpu":
-        return padding_mode in ("zeros", "border")
-    return device.type == "cuda" and padding_mode in ops.PADDINGS
+        applies = padding_mode in ("zeros", "border")
+    else:
+        applies = device.type == "cuda" and padding_mode in ops.PADDINGS
+    if not applies or torch.compiler.is_compiling():
+        return applies
+    return cpu_available() if device.type == "cpu" else ops.triton_kernels() is not None
 
 
 def warp_matrix(

@@ -26,7 +26,8 @@ from torch import Tensor
 from stnkit.kernels import build
 
 __all__ = [
-    "PADDINGS", "in_functorch", "matrix_grid", "matrix_grid_backward", "reference_warp", "tps_grid", "warp_matrix_op",
+    "PADDINGS", "in_functorch", "matrix_grid", "matrix_grid_backward", "reference_warp", "tps_grid", "triton_kernels",
+    "warp_matrix_op",
 ]
 
 PADDINGS = ("zeros", "border", "reflection")
@@ -112,8 +113,13 @@ def reference_warp(
     return F.grid_sample(input, grid, mode="bilinear", padding_mode=PADDINGS[padding], align_corners=align_corners)
 
 
-def _triton():
-    """The Triton kernels when usable on this machine, else None (then the reference path runs)."""
+def triton_kernels():
+    """Return the Triton kernels module when usable on this machine, else None (then the reference path runs).
+
+    Example:
+        >>> triton_kernels() is None or hasattr(triton_kernels(), "warp_matrix_forward")
+        True
+    """
     try:
         from stnkit.kernels import triton_warp
     except ImportError:
@@ -164,7 +170,7 @@ def _warp_matrix_cpu(input, matrix, out_h, out_w, padding, align_corners, projec
 
 @warp_matrix_op.register_kernel("cuda")
 def _warp_matrix_cuda(input, matrix, out_h, out_w, padding, align_corners, projective, eps, save_deriv):
-    triton_warp = _triton()
+    triton_warp = triton_kernels()
     if triton_warp is not None:  # the Triton kernels (kernels/triton_warp.py)
         out = triton_warp.warp_matrix_forward(input, matrix, out_h, out_w, padding, align_corners, projective, eps)
         return out, _empty(input)
@@ -214,7 +220,7 @@ def _warp_matrix_backward_cpu(grad_out, input, matrix, deriv, padding, align_cor
 @warp_matrix_backward_op.register_kernel("cuda")
 def _warp_matrix_backward_cuda(grad_out, input, matrix, deriv, padding, align_corners, projective, eps, need_input,
                                need_matrix):
-    triton_warp = _triton()
+    triton_warp = triton_kernels()
     if triton_warp is None:
         return _warp_matrix_backward_reference(grad_out, input, matrix, padding, align_corners, projective, eps,
                                                need_input, need_matrix)
