@@ -60,7 +60,7 @@ class TestFusedWarp:
         x = torch.rand(n, c, *in_size, dtype=dtype, requires_grad=input_grad)
         p = _params(t, n, dtype).requires_grad_()
         out = _warp(x, t, p, out_size, "bilinear", padding_mode, align_corners)
-        assert _is_fused(out)
+        assert _is_fused(out) == (name == "projective")  # CPU: the affine family is faster on the grid path
         ref = _reference(x, t, p, out_size, padding_mode, align_corners)
         f32 = dtype == torch.float32
         torch.testing.assert_close(out, ref, atol=1e-5 if f32 else 1e-12, rtol=1e-5 if f32 else 1e-12)
@@ -112,7 +112,7 @@ class TestFusedWarp:
         torch.testing.assert_close(out.float(), _reference(x, T.get("affine"), p, (5, 5), "zeros", False).float())
 
     def test_spatial_transformer_uses_fused_path(self):
-        st = stnkit.SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), "affine", in_features=4)
+        st = stnkit.SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), "projective", in_features=4)
         x = torch.rand(2, 1, 8, 8)
         out = st(x)
         assert _is_fused(out)

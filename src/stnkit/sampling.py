@@ -357,7 +357,7 @@ def _fused_applies(input: Tensor, transform: Transform, mode: str, padding_mode:
         and mode == "bilinear"
         and isinstance(transform, MatrixTransform)
         and transform.spatial_dims == 2
-        and kernels.supports(input.device, padding_mode)
+        and kernels.supports(input.device, padding_mode, projective=isinstance(transform, Projective))
         and not torch.jit.is_tracing()  # TorchScript records plain ATen ops, never the custom op
         and not torch.jit.is_scripting()
     )

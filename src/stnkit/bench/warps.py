@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 import stnkit
 from stnkit.bench.baselines import kornia_available, make_baseline
@@ -51,9 +52,9 @@ CUDA_SHAPES: tuple[Shape, ...] = (
     ((8, 64, 56, 56), (56, 56)),
 )
 BASELINES = {
-    "affine": ("eager", "kornia", "sampler only"),
-    "attention": ("eager", "kornia"),
-    "projective": ("kornia", "eager"),
+    "affine": ("eager", "kornia", "sampler only", "stnkit unfused"),
+    "attention": ("eager", "kornia", "stnkit unfused"),
+    "projective": ("kornia", "eager", "stnkit unfused"),
     "tps16": ("tps-plain", "tps-solve", "kornia", "stnkit affine"),
     "tps64": ("tps-plain", "tps-solve", "kornia", "stnkit affine"),
     "affine3d": ("eager", "sampler only"),
@@ -122,6 +123,12 @@ def _stnkit(op: str, out_size: tuple[int, ...], tps: ThinPlateSpline | None) -> 
     return lambda x, p: stnkit.warp(x, p, transform, out_size, align_corners=ALIGN_CORNERS)
 
 
+def _unfused(op: str, out_size: tuple[int, ...]) -> Callable:
+    """Return stnkit's warp without the fused kernel: its grid (analytic backward) + ``F.grid_sample``."""
+    transform = stnkit.transforms.get(op)
+    return lambda x, p: F.grid_sample(x, transform.grid(p, out_size, ALIGN_CORNERS), align_corners=ALIGN_CORNERS)
+
+
 def _bound_ms(in_numel: int, out_numel: int, pass_: str, bandwidth_gbs: float) -> float:
     moved = {"fwd": 4 * (in_numel + out_numel), "theta-bwd": 4 * (2 * in_numel + 2 * out_numel)}.get(
         pass_, 4 * (3 * in_numel + 2 * out_numel))
@@ -161,6 +168,9 @@ def run_case(
     for name in names:
         if name == "stnkit affine":
             fns[name] = _stnkit("affine", out_size, None)
+            continue
+        if name == "stnkit unfused":
+            fns[name] = _unfused(op, out_size)
             continue
         if name == "kornia" and not kornia_available():
             notes.append(f"kornia not installed: skipped the kornia baseline of {op}")

@@ -45,21 +45,22 @@ def build_error() -> str | None:
     return build.build_error()
 
 
-def supports(device: torch.device, padding_mode: str) -> bool:
-    """Return whether :func:`warp_matrix` has a fast kernel here for this padding (shape-free).
+def supports(device: torch.device, padding_mode: str, projective: bool = False) -> bool:
+    """Return whether :func:`warp_matrix` is the fastest warp here for this padding and family (shape-free).
 
-    CPU: zeros and border padding, when the C++ kernel is built (the first call builds it); CUDA: zeros, border and
-    reflection, when the Triton kernels can run. Elsewhere the grid path (analytic grid + ``F.grid_sample``) is
-    faster than the op's own reference composition (measured: ``benchmarks/RESULTS.md``), so callers take it.
-    While ``torch.compile``/``torch.export`` trace, the op is taken whenever the padding applies (it computes the
-    reference composition where no kernel runs).
+    CPU: projective warps with zeros or border padding, when the C++ kernel is built (the first call builds it);
+    affine-family warps are faster on the grid path (analytic-gradient grid + ``F.grid_sample``: 1.0-1.4x the fused
+    kernel, measured side by side in ``benchmarks/RESULTS.md``). CUDA: every matrix warp with zeros, border or
+    reflection padding, when the Triton kernels can run. Elsewhere the grid path beats the op's own reference
+    composition, so callers take it. While ``torch.compile``/``torch.export`` trace, the op is taken wherever it
+    applies (it computes the reference composition where no kernel runs).
 
     Example:
-        >>> supports(torch.device("cpu"), "reflection")
-        False
+        >>> supports(torch.device("cpu"), "reflection", projective=True), supports(torch.device("cpu"), "zeros")
+        (False, False)
     """
     if device.type == "cpu":
-        applies = padding_mode in ("zeros", "border")
+        applies = projective and padding_mode in ("zeros", "border")
     else:
         applies = device.type == "cuda" and padding_mode in ops.PADDINGS
     if not applies or torch.compiler.is_compiling():

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from stnkit.grid import base_coords
+from stnkit.kernels.ops import in_functorch
 
 __all__ = ["affine_grid3d_reference", "affine_grid_fast", "affine_grid_reference"]
 
@@ -127,9 +128,18 @@ def affine_grid_fast(theta: Tensor, size: tuple[int, ...], align_corners: bool) 
     """Affine grid of theta (N, 2, 3) -> (N, H, W, 2) or (N, 3, 4) -> (N, D, H, W, 3), analytic backward.
 
     Falls back to the broadcast reference while a tracer (compile/export/jit) is active, so traced graphs contain
-    plain ATen ops only.
+    plain ATen ops only, and under ``torch.func`` transforms (grad, vmap), which cannot enter the autograd Function.
+    Non-finite parameters give the reference's coordinates (the base-factor product would turn ``inf * 0`` into NaN
+    where the reference keeps ``inf``): checked on the host for CPU tensors, selected per sample elsewhere (no
+    device synchronisation).
     """
-    if _is_tracing():
-        ref = affine_grid_reference if len(size) == 2 else affine_grid3d_reference
+    ref = affine_grid_reference if len(size) == 2 else affine_grid3d_reference
+    if _is_tracing() or in_functorch():
         return ref(theta, size, align_corners)
-    return _AffineGridFn.apply(theta, tuple(size), bool(align_corners))
+    if theta.device.type == "cpu" and bool(torch.isfinite(theta).all()):
+        return _AffineGridFn.apply(theta, tuple(size), bool(align_corners))
+    if theta.device.type == "cpu":
+        return ref(theta, size, align_corners)
+    finite = torch.isfinite(theta).flatten(1).all(1).view(-1, *([1] * (len(size) + 1)))
+    return torch.where(finite, _AffineGridFn.apply(theta, tuple(size), bool(align_corners)),
+                       ref(theta, size, align_corners))
