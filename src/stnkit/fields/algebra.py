@@ -53,10 +53,11 @@ def compose(
     padding_mode: str = "border",
     align_corners: bool = False,
 ) -> Tensor:
-    """Compose two displacements into one: ``warp(x, compose(a, b)) ≈ warp(warp(x, a), b)``, sampling ``x`` once.
+    """Compose two displacements into one field, so that ``x`` is sampled once instead of twice.
 
-    ``d(p) = b(p) + a(p + b(p))``: ``b`` is applied last to the image, so it is read first; ``a`` is interpolated
-    at the points ``b`` reaches (border padding by default, so a field is extended by its edge values).
+    ``warp(x, compose(a, b)) ≈ warp(warp(x, a), b)`` with ``d(p) = b(p) + a(p + b(p))``: ``b`` is applied last
+    to the image, so it is read first; ``a`` is interpolated at the points ``b`` reaches (border padding by
+    default, so a field is extended by its edge values).
 
     Args:
         a: first field (N, d, *spatial_a), warping the source ``x``.
