@@ -88,7 +88,7 @@ def compose(
     check_options(mode, padding_mode, a.ndim - 2)
     src = tuple(a.shape[2:]) if size is None else tuple(size)
     a_n = convert(a, from_units=units, from_order=order, size=src, align_corners=align_corners)
-    b_n = convert(b, from_units=units, from_order=order, align_corners=align_corners)  # voxels of warp(x, a)
+    b_n = convert(b, from_units=units, from_order=order, size=tuple(a.shape[2:]), align_corners=align_corners)
     grid = displacement_to_grid(b_n, align_corners=align_corners)  # (N, *spatial_b, d)
     d_n = b_n + _sample_field(a_n, grid, mode, padding_mode, align_corners)  # (N, d, *spatial_b)
     return convert(d_n, to_units=units, to_order=order, size=src, align_corners=align_corners)
