@@ -8,6 +8,7 @@ step, in the field's own units.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -152,11 +153,14 @@ def lncc(input: Tensor, target: Tensor, window: int = 9, eps: float = 1e-5) -> T
     _check_pair(input, target)
     if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(f"window must be an odd positive int; got {window!r}")
-    pool = F.avg_pool2d if input.ndim == 4 else F.avg_pool3d
-    n = float(window ** (input.ndim - 2))
+    d = input.ndim - 2
+    conv = F.conv2d if d == 2 else F.conv3d
+    c = input.shape[1]
+    box = torch.ones(c, 1, *([window] * d), dtype=input.dtype, device=input.device)  # (C, 1, *window)
+    n = float(window**d)
 
     def box_sum(x: Tensor) -> Tensor:
-        return pool(x, window, stride=1, padding=window // 2, count_include_pad=True) * n  # (N, C, *spatial)
+        return conv(x, box, padding=window // 2, groups=c)  # (N, C, *spatial), zero padded
 
     s_i, s_t = box_sum(input), box_sum(target)
     s_ii, s_tt, s_it = box_sum(input * input), box_sum(target * target), box_sum(input * target)
