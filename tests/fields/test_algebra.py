@@ -54,6 +54,7 @@ class TestCompose:
         a_vox, b_vox = fields.to_voxel(a, src), fields.to_voxel(b, mid)
         d_vox = fields.compose(a_vox, b_vox, units="voxel", size=src)
         torch.testing.assert_close(fields.to_normalized(d_vox, src), fields.compose(a, b))
+        torch.testing.assert_close(fields.warp(x, d_vox, units="voxel"), fields.warp(x, fields.compose(a, b)))
 
     def test_gradcheck(self):
         a = (0.2 * torch.rand(1, 2, 3, 4, dtype=torch.float64)).requires_grad_()
