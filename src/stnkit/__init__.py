@@ -4,6 +4,9 @@ The layer library (grid -> transforms -> sampling -> modules) imports torch only
 figures (matplotlib) live in subpackages that are imported on demand.
 """
 
+import importlib
+from types import ModuleType
+
 from stnkit import grid, transforms
 from stnkit.grid import identity_grid
 from stnkit.modules import (
@@ -41,6 +44,7 @@ __all__ = [
     "Transform",
     "Translation",
     "__version__",
+    "fields",
     "grid",
     "identity_grid",
     "param_groups",
@@ -48,3 +52,9 @@ __all__ = [
     "transforms",
     "warp",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name == "fields":  # dense displacement fields, imported on first use
+        return importlib.import_module("stnkit.fields")
+    raise AttributeError(f"module 'stnkit' has no attribute {name!r}")
