@@ -39,7 +39,8 @@ MAX_DIGITS = 5
 #: Target class of a position past the sequence's end (the 11th class of each digit head).
 NO_DIGIT = 10
 #: Crop presets: output side and box enlargement (fraction of the union box's width/height added in total).
-PRESETS: dict[str, dict[str, Any]] = {"64": {"image_size": 64, "expand": 0.3}, "128": {"image_size": 128, "expand": 1.6}}
+PRESETS: dict[str, dict[str, Any]] = {"64": {"image_size": 64, "expand": 0.3},
+                                      "128": {"image_size": 128, "expand": 1.6}}
 _FIELDS = ("label", "left", "top", "width", "height")
 _CROP = 201  # RNG stream of the random crop offsets
 
