@@ -160,7 +160,7 @@ def read_cropped(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
 
     try:
         mat = sio.loadmat(path)
-    except (ValueError, OSError, TypeError, NotImplementedError) as err:  # MatReadError is a ValueError
+    except (sio.matlab.MatReadError, ValueError, OSError, TypeError, NotImplementedError) as err:  # v7.3: NotImpl.
         raise DataError(f"{path}: not a MATLAB v5 file as SVHN's 32x32 files are ({err})") from err
     if "X" not in mat or "y" not in mat:
         raise DataError(f"{path}: lacks X or y; expected SVHN's X (32, 32, 3, N) and y (N, 1)")
