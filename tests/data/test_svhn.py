@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import tarfile
 from pathlib import Path
 
 import h5py
@@ -12,7 +14,16 @@ import torch
 from PIL import Image
 
 from stnkit.data.idx import DataError
-from stnkit.data.svhn import SVHNSequences, crop_box, encode_digits, read_cropped, read_digit_struct, union_box
+from stnkit.data.svhn import (
+    SVHNSequences,
+    crop_box,
+    download_svhn,
+    encode_digits,
+    fetch_verified,
+    read_cropped,
+    read_digit_struct,
+    union_box,
+)
 
 MATLAB_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
 FIELDS = ("height", "label", "left", "top", "width")  # MATLAB writes struct fields in alphabetical order
@@ -233,3 +244,49 @@ class TestSVHNSequences:
         (root / "train" / "2.png").write_bytes(b"not a png")
         with pytest.raises(DataError, match="2.png: cannot read the image"):
             SVHNSequences(root, "train")[1]
+
+
+class TestDownload:
+    def test_fetch_verified(self, tmp_path):
+        src = tmp_path / "src.bin"
+        src.write_bytes(b"house numbers" * 1000)
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()
+        out = fetch_verified(src.as_uri(), tmp_path / "out" / "f.bin", "sha256", digest)
+        assert out.read_bytes() == src.read_bytes()
+        with pytest.raises(DataError, match="checksum mismatch"):
+            fetch_verified(src.as_uri(), tmp_path / "bad" / "f.bin", "sha256", "0" * 64)
+        assert list((tmp_path / "bad").iterdir()) == []  # neither the file nor its .part
+        with pytest.raises(DataError, match="download failed"):
+            fetch_verified((tmp_path / "missing").as_uri(), tmp_path / "x.bin", "md5", None)
+
+    def _archive(self, tmp_path, split):
+        staging = tmp_path / "staging"
+        staging.mkdir(parents=True)
+        _write_folder(staging)
+        (staging / "train").rename(staging / split)
+        served = tmp_path / "served"
+        served.mkdir()
+        with tarfile.open(served / f"{split}.tar.gz", "w:gz") as tar:
+            tar.add(staging / split, arcname=split)
+        return served
+
+    def test_archive_is_verified_then_unpacked(self, tmp_path):
+        served = self._archive(tmp_path, "train")  # not SVHN's train.tar.gz: its SHA-256 differs
+        root = tmp_path / "root"
+        with pytest.raises(DataError, match="train.tar.gz: checksum mismatch"):
+            download_svhn(root, ["train.tar.gz"], base_url=served.as_uri())
+        assert list(root.iterdir()) == []
+        served = self._archive(tmp_path / "b", "extra")  # extra.tar.gz has no published digest
+        download_svhn(root, ["extra.tar.gz"], base_url=served.as_uri())
+        assert not (root / "extra.tar.gz").exists()
+        assert len(SVHNSequences(root, "extra")) == 2
+
+    def test_present_files_are_kept(self, tmp_path):
+        _write_folder(tmp_path)
+
+        def no_network(url, timeout):
+            raise AssertionError(f"fetched {url}")
+
+        assert download_svhn(tmp_path, ["train.tar.gz"], opener=no_network) == tmp_path
+        with pytest.raises(DataError, match="unknown SVHN file 'val.tar.gz'"):
+            download_svhn(tmp_path, ["val.tar.gz"])

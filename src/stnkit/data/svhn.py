@@ -3,7 +3,8 @@
 Format 1 (``train/``, ``test/``, ``extra/``: PNGs of whole house-number photos plus ``digitStruct.mat``, a MATLAB
 v7.3 file, i.e. HDF5 with object references) is read by :func:`read_digit_struct`; format 2 (the 32x32 single-digit
 crops ``train_32x32.mat`` ..., MATLAB v5) by :func:`read_cropped`. Both need the optional ``svhn`` extra
-(``pip install stnkit[svhn]``: h5py, scipy); images are decoded with Pillow.
+(``pip install stnkit[svhn]``: h5py, scipy); images are decoded with Pillow. :func:`download_svhn` fetches the
+release files and checks their published checksums (:data:`SVHN_FILES`) before anything is unpacked.
 
 Preprocessing of the multi-digit experiment (Jaderberg et al. 2015, Sec. 4.2, following Goodfellow et al. 2014):
 the union box of a sequence's digits is enlarged by 30 % in x and in y about its centre (15 % of its width/height on
@@ -18,8 +19,12 @@ five digits are dropped (:attr:`SVHNSequences.num_dropped`), as both papers do.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +36,8 @@ from torch.utils.data import Dataset
 from stnkit.data import rng
 from stnkit.data.idx import DataError
 
-__all__ = ["MAX_DIGITS", "NO_DIGIT", "PRESETS", "SVHNSequences", "crop_box", "crop_resize", "encode_digits",
-           "read_cropped", "read_digit_struct", "union_box"]
+__all__ = ["MAX_DIGITS", "NO_DIGIT", "PRESETS", "SVHN_FILES", "SVHNSequences", "crop_box", "crop_resize",
+           "download_svhn", "encode_digits", "fetch_verified", "read_cropped", "read_digit_struct", "union_box"]
 
 #: Longest sequence kept; longer ones are dropped (Goodfellow et al. 2014).
 MAX_DIGITS = 5
@@ -41,6 +46,18 @@ NO_DIGIT = 10
 #: Crop presets: output side and box enlargement (fraction of the union box's width/height added in total).
 PRESETS: dict[str, dict[str, Any]] = {"64": {"image_size": 64, "expand": 0.3},
                                       "128": {"image_size": 128, "expand": 1.6}}
+#: name -> (algorithm, digest) of the release files at :data:`SVHN_URL`: the 32x32 files' MD5s as torchvision checks
+#: them, the format-1 archives' SHA-256 as python-doctr does; ``extra.tar.gz`` has no published digest (None).
+SVHN_FILES: dict[str, tuple[str, str | None]] = {
+    "train.tar.gz": ("sha256", "4b17bb33b6cd8f963493168f80143da956f28ec406cc12f8e5745a9f91a51898"),
+    "test.tar.gz": ("sha256", "57ac9ceb530e4aa85b55d991be8fc49c695b3d71c6f6a88afea86549efde7fb5"),
+    "extra.tar.gz": ("sha256", None),
+    "train_32x32.mat": ("md5", "e26dedcc434d2e4c54c9b2d4a06d8373"),
+    "test_32x32.mat": ("md5", "eb5a983be6a315427106f1b164d9cef3"),
+    "extra_32x32.mat": ("md5", "a93ce644f1a588dc4d68dda5feec44a7"),
+}
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+_CHUNK = 1 << 20
 _FIELDS = ("label", "left", "top", "width", "height")
 _CROP = 201  # RNG stream of the random crop offsets
 
@@ -307,3 +324,84 @@ class SVHNSequences(Dataset):
     def __repr__(self) -> str:
         return (f"SVHNSequences(n={len(self)}, split={self.split!r}, image_size={self.image_size}, "
                 f"crop_size={self.crop_size}, dropped={self.num_dropped})")
+
+
+def fetch_verified(url: str, dest: str | os.PathLike, algorithm: str, digest: str | None,
+                   opener: Callable = urllib.request.urlopen) -> Path:
+    """Download ``url`` to ``dest`` in bounded memory, check its digest, and only then rename it into place.
+
+    Args:
+        url: any URL ``opener`` serves (``file://`` too).
+        dest: the final path; a temporary ``.part`` file beside it holds the download until it is verified.
+        algorithm: a :mod:`hashlib` name (``"md5"``, ``"sha256"``).
+        digest: the expected hex digest, or None to accept the file unverified.
+        opener: ``urlopen``-like callable, ``opener(url, timeout=...)`` returning a binary file object.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DataError: the download failed or its digest differs (nothing is left under ``dest``).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        h = hashlib.new(algorithm)
+        with os.fdopen(fd, "wb") as out, opener(url, timeout=60) as response:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest is not None and h.hexdigest() != digest:
+            raise DataError(f"{url}: checksum mismatch ({algorithm} {h.hexdigest()}, expected {digest}); the "
+                            f"download is corrupt or not SVHN's file")
+        os.replace(tmp, dest)
+        return dest
+    except OSError as err:  # URLError is an OSError
+        raise DataError(f"{url}: download failed ({err})") from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def download_svhn(root: str | os.PathLike, names: Sequence[str] = ("train.tar.gz", "test.tar.gz"),
+                  base_url: str = SVHN_URL, opener: Callable = urllib.request.urlopen) -> Path:
+    """Download SVHN release files into ``root``, verified against :data:`SVHN_FILES`; archives are unpacked.
+
+    Files (or, for archives, their ``train/`` ... folder with its ``digitStruct.mat``) already present are kept.
+    Archives are extracted with tarfile's ``"data"`` filter (no paths outside ``root``, no links out).
+
+    Args:
+        root: destination folder: afterwards it holds ``train/`` ... and/or ``*_32x32.mat``, the ``data_dir``
+            of :class:`SVHNSequences` and :func:`read_cropped`.
+        names: keys of :data:`SVHN_FILES`.
+        base_url: where the files are served.
+        opener: ``urlopen``-like callable.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        DataError: unknown name, failed download, checksum mismatch or unreadable archive.
+    """
+    root = Path(root)
+    for name in names:
+        if name not in SVHN_FILES:
+            raise DataError(f"unknown SVHN file {name!r}; expected one of {', '.join(SVHN_FILES)}")
+        algorithm, digest = SVHN_FILES[name]
+        if name.endswith(".tar.gz"):
+            folder = root / name.removesuffix(".tar.gz")
+            if (folder / "digitStruct.mat").is_file():
+                continue
+            archive = fetch_verified(base_url.rstrip("/") + "/" + name, root / name, algorithm, digest, opener)
+            try:
+                with tarfile.open(archive, "r:gz") as tar:
+                    tar.extractall(root, filter="data")
+            except (tarfile.TarError, OSError) as err:
+                raise DataError(f"{archive}: cannot unpack ({err}); delete it and download again") from err
+            archive.unlink()
+        elif not (root / name).is_file():
+            fetch_verified(base_url.rstrip("/") + "/" + name, root / name, algorithm, digest, opener)
+    return root
