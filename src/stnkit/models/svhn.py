@@ -234,10 +234,11 @@ def _fc_localization(shape: tuple[int, int, int], width: float) -> nn.Module:
 
 
 def _transformer(loc: nn.Module, width: float, transform: str, loc_lr_scale: float) -> SpatialTransformer:
-    if not isinstance(_transforms.get(transform), MatrixTransform) or _transforms.get(transform).spatial_dims != 2:
+    t = _transforms.get(transform)
+    if not isinstance(t, MatrixTransform) or t.spatial_dims != 2:
         raise ValueError(f"SVHN transformers need a 2-D matrix transform (affine family, projective); got "
                          f"{transform!r}")
-    return SpatialTransformer(loc, transform, in_features=_scaled(LOC_UNITS, width), loc_lr_scale=loc_lr_scale)
+    return SpatialTransformer(loc, t, in_features=_scaled(LOC_UNITS, width), loc_lr_scale=loc_lr_scale)
 
 
 @register_model("svhn-cnn")
