@@ -20,6 +20,7 @@ five digits are dropped (:attr:`SVHNSequences.num_dropped`), as both papers do.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import tarfile
 import tempfile
@@ -64,7 +65,7 @@ _CROP = 201  # RNG stream of the random crop offsets
 
 def _import(module: str) -> Any:
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(f"reading SVHN needs {module}: pip install stnkit[svhn]") from err
 
@@ -172,8 +173,7 @@ def read_cropped(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected SVHN's train_32x32.mat, test_32x32.mat or extra_32x32.mat")
-    _import("scipy")
-    from scipy import io as sio
+    sio = _import("scipy.io")
 
     try:
         mat = sio.loadmat(path)
@@ -242,9 +242,8 @@ def crop_resize(image: Any, box: tuple[int, int, int, int], size: int) -> Tensor
     Returns:
         float32 (3, S, S) in [0, 1].
     """
-    from PIL import Image
-
-    crop = image.convert("RGB").crop(box).resize((size, size), Image.Resampling.BILINEAR)
+    resampling = _import("PIL.Image").Resampling
+    crop = image.convert("RGB").crop(box).resize((size, size), resampling.BILINEAR)
     return torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0  # (3, S, S)
 
 
@@ -300,14 +299,13 @@ class SVHNSequences(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        from PIL import Image, UnidentifiedImageError
-
+        pil = _import("PIL.Image")
         name, boxes = self.records[index]
         path = self.folder / name
         try:
-            with Image.open(path) as img:
+            with pil.open(path) as img:
                 image = crop_resize(img, crop_box(boxes, (img.height, img.width), self.expand), self.image_size)
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, pil.UnidentifiedImageError) as err:
             raise DataError(f"{path}: cannot read the image named in digitStruct.mat ({err})") from err
         if self.crop_size is not None:
             room = self.image_size - self.crop_size
