@@ -1,4 +1,4 @@
-"""Data: the MNIST IDX reader/downloader, the distorted-MNIST generators and datasets, and a Lightning module.
+"""Data: the MNIST IDX reader/downloader, the distorted-MNIST generators and datasets, SVHN readers, Lightning modules.
 
 ``import stnkit.data`` loads torch only; the Lightning data modules (:class:`DistortedMNISTDataModule`,
 ``AdditionDataModule``, ``MNIST3DDataModule``, ``build_datamodule``) are imported on first use.
@@ -26,6 +26,8 @@ from stnkit.data.distorted_mnist import (
 )
 from stnkit.data.idx import DataError, cache_dir, download_mnist, find_mnist, load_mnist, read_idx
 from stnkit.data.mnist3d import MNIST3D
+from stnkit.data.multidigit import MultiDigitMNIST
+from stnkit.data.svhn import SVHNSequences, read_cropped, read_digit_struct
 
 if TYPE_CHECKING:
     from stnkit.data.datamodule import (
@@ -49,6 +51,8 @@ __all__ = [
     "DistortionConfig",
     "EpochSampler",
     "MNIST3DDataModule",
+    "MultiDigitMNIST",
+    "SVHNSequences",
     "build_datamodule",
     "cache_dir",
     "distort",
@@ -59,6 +63,8 @@ __all__ = [
     "load_mnist",
     "make_coloc_set",
     "measure_rate",
+    "read_cropped",
+    "read_digit_struct",
     "read_idx",
     "render",
     "sample_params",

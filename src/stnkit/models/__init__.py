@@ -1,14 +1,14 @@
 """The paper's models behind a name-keyed factory: ``create("st-cnn", transform="tps")``.
 
 Table 1 (:mod:`~stnkit.models.mnist`), MNIST addition's parallel transformers (:mod:`~stnkit.models.addition`),
-attention crops (:mod:`~stnkit.models.attention`), co-localisation (:mod:`~stnkit.models.coloc`) and 3-D MNIST
-(:mod:`~stnkit.models.mnist3d`).
+attention crops (:mod:`~stnkit.models.attention`), co-localisation (:mod:`~stnkit.models.coloc`), 3-D MNIST
+(:mod:`~stnkit.models.mnist3d`) and multi-digit SVHN (:mod:`~stnkit.models.svhn`).
 """
 
-from stnkit.models import addition, attention, coloc, mnist, mnist3d
+from stnkit.models import addition, attention, coloc, mnist, mnist3d, svhn
 from stnkit.models._registry import create, list_models, register_model
 from stnkit.models.mnist import CNN, FCN, STClassifier
 from stnkit.models.summary import count_params, summary
 
 __all__ = ["CNN", "FCN", "STClassifier", "addition", "attention", "coloc", "count_params", "create", "list_models",
-           "mnist", "mnist3d", "register_model", "summary"]
+           "mnist", "mnist3d", "register_model", "summary", "svhn"]
