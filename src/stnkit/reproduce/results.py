@@ -18,7 +18,8 @@ from typing import Any
 import stnkit
 from stnkit.files import atomic_write_text
 
-__all__ = ["CellStore", "atomic_write_text", "fmt", "markdown_table", "provenance", "st_health", "val_curve"]
+__all__ = ["CellStore", "atomic_write_text", "code_line", "fmt", "markdown_table", "provenance", "recipe_text",
+           "st_health", "trained_model", "val_curve"]
 
 
 def provenance() -> dict[str, Any]:
@@ -88,6 +89,29 @@ def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "—"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def recipe_text(budget: str, r: dict[str, Any]) -> str:
+    """``Budget **cpu-3k**: recipe `cpu` — adam lr 0.003 (onecycle), batch 128``: a table's opening words."""
+    return (f"Budget **{budget}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
+            f"batch {r['batch_size']}")
+
+
+def code_line(cells: Sequence[dict[str, Any]]) -> str:
+    """``Code: stnkit 0.1.0, commit(s) abc, def.``: the versions and commits the finished cells came from."""
+    return (f"Code: stnkit {', '.join(sorted({c['version'] for c in cells})) or '—'}, commit(s) "
+            f"{', '.join(sorted({c['commit'] for c in cells})) or '—'}.")
+
+
+def trained_model(out: str | os.PathLike, key: str) -> tuple[Any, Any] | None:
+    """Return ``(model, TrainConfig)`` of a cell's first seed from its last checkpoint, or None without one."""
+    run_dir = CellStore(out).cell_dir(key) / "s0"
+    if not (run_dir / "checkpoints" / "last.ckpt").exists():
+        return None
+    from stnkit.training import load_checkpoint  # Lightning: only when drawing from a checkpoint
+
+    lit, config, _ = load_checkpoint(run_dir)
+    return lit.model, config
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
