@@ -134,7 +134,7 @@ def transformer_panels(model: Any, images: Tensor) -> list[tuple[Panel, Panel]]:
     st = model.transformer
     h, w = images.shape[2:]
     regions = attended_region(st.transform, params.float(), (h, w), align_corners=st.align_corners)
-    points = [None] * images.shape[0]
+    points: list[Tensor | None] = [None] * images.shape[0]
     if st.transform.name == "tps":  # (N, K, 2) source positions of the control points
         points = [denormalize_points(p.reshape(-1, 2).float(), (h, w), st.align_corners) for p in params]
     return [attention_panels(images[i], regions[i], warped[i], points[i]) for i in range(images.shape[0])]

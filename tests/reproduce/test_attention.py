@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from stnkit.reproduce import attention, run
-from stnkit.reproduce.experiment import budget_recipe
 
 EXP = attention.EXPERIMENT
 

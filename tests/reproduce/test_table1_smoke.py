@@ -7,7 +7,6 @@ import pytest
 from stnkit.reproduce import run, table1
 from stnkit.reproduce.results import val_curve
 
-
 SMOKE = table1.EXPERIMENT.budget("smoke").fields
 
 

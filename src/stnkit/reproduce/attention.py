@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.experiment import Budget, Cell, Experiment, budget_recipe
-from stnkit.reproduce.results import atomic_write_text, fmt, markdown_table, recipe_text, trained_model
+from stnkit.reproduce.results import atomic_write_text, fmt, markdown_table, recipe_text, transformer_figure
 
 __all__ = ["EXPERIMENT", "efficiency_checks", "render_markdown", "time_model", "timings"]
 
@@ -39,8 +39,9 @@ PAPER = {"tc60-cnn": 3.5, **{f"tc60-st-crop{c}": 1.7 for c in CROPS}}
 
 def _cells(size: int) -> list[Cell]:
     base = {"dataset": "tc", "distortion": {"canvas_size": size, **CANVASES[size]}}
-    cnn = Cell(f"tc{size}-cnn", f"CNN on {size}x{size}", {**base, "model": "cnn", "model_kwargs": {"channels": CHANNELS}},
-               PAPER.get(f"tc{size}-cnn"), {"canvas": size, "crop": None})
+    cnn = Cell(f"tc{size}-cnn", f"CNN on {size}x{size}",
+               {**base, "model": "cnn", "model_kwargs": {"channels": CHANNELS}}, PAPER.get(f"tc{size}-cnn"),
+               {"canvas": size, "crop": None})
     # the crop is the classifier's input: no Table 1 TC halving on top of it
     return [cnn, *(Cell(f"tc{size}-st-crop{crop}", f"ST-CNN, {crop}x{crop} crop of {size}x{size}",
                         {**base, "model": "st-cnn-attention", "transform": "attention",
@@ -219,21 +220,10 @@ def _compute_note(st: dict[str, Any], cnn: dict[str, Any], t_st: dict[str, float
 
 def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6) -> None:
     """Draw, per canvas, the crops the finished attention models read on the same test inputs."""
-    from stnkit.viz import load_test_images, transformer_rows
-
     for size in CANVASES:
-        rows, images = [], None
-        for crop in CROPS:
-            key = f"tc{size}-st-crop{crop}"
-            loaded = trained_model(out, key) if key in finished else None
-            if loaded is None:
-                continue
-            if images is None:
-                images, _ = load_test_images(loaded[1], n, data_dir)
-            rows.append((f"crop {crop}", loaded[0]))
-        if rows and images is not None:
-            transformer_rows(rows, images, f"TC {size}x{size}: the attended crop (red) and what the classifier "
-                             "reads").savefig(out / f"fig_attention_{size}.png", dpi=90)
+        rows = [(f"crop {crop}", f"tc{size}-st-crop{crop}") for crop in CROPS if f"tc{size}-st-crop{crop}" in finished]
+        transformer_figure(out, rows, out / f"fig_attention_{size}.png", f"TC {size}x{size}: the attended crop (red) "
+                           "and what the classifier reads", n, data_dir)
 
 
 EXPERIMENT = Experiment(

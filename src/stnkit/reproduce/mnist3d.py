@@ -46,16 +46,15 @@ def _describe(out: Path, budget: Budget) -> dict[str, Any]:
 
 def render_markdown(table: dict[str, Any]) -> str:
     """Render the two models' test errors and whether the transformer helps."""
-    by_key = {c["key"]: c for c in table["cells"]}
     r = table["recipe"]
-    lines = [
-        "# 3-D MNIST reproduction (App. A.3): a learned projection of a posed volume\n",
+    lines = ["# 3-D MNIST reproduction (App. A.3): a learned projection of a posed volume\n"]
+    lines.append(
         f"{recipe_text(table['budget'], r)}, {r['steps']} iterations per cell, localisation lr "
         f"x{r['loc_lr_scale']:g}. Volumes 60^3: an MNIST digit extruded to a "
         "4-voxel slab, tilted up to +-60 deg about x and y and +-45 deg in plane, placed at random. The paper "
         "reports this experiment qualitatively (no numbers): the transformer learns to orient and project the "
-        "volume so the 2-D classifier can read the digit.\n",
-    ]
+        "volume so the 2-D classifier can read the digit.\n")
+    by_key = {c["key"]: c for c in table["cells"]}
     rows = []
     for c in CELLS:
         res = by_key.get(c.key)

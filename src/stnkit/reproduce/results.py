@@ -19,7 +19,7 @@ import stnkit
 from stnkit.files import atomic_write_text
 
 __all__ = ["CellStore", "atomic_write_text", "code_line", "fmt", "markdown_table", "provenance", "recipe_text",
-           "st_health", "trained_model", "val_curve"]
+           "st_health", "trained_model", "transformer_figure", "val_curve"]
 
 
 def provenance() -> dict[str, Any]:
@@ -112,6 +112,37 @@ def trained_model(out: str | os.PathLike, key: str) -> tuple[Any, Any] | None:
 
     lit, config, _ = load_checkpoint(run_dir)
     return lit.model, config
+
+
+def transformer_figure(out: str | os.PathLike, rows: Sequence[tuple[str, str]], path: str | os.PathLike, title: str,
+                       n: int = 6, data_dir: str | None = None) -> bool:
+    """Draw finished cells' transformers on the same test inputs (:func:`stnkit.viz.transformer_rows`) into ``path``.
+
+    Args:
+        out: the experiment's output folder.
+        rows: ``(row label, cell key)``; cells without a checkpoint are left out.
+        path: the image file.
+        title: figure title.
+        n: test inputs per row.
+        data_dir: MNIST folder (default: each run's).
+
+    Returns:
+        Whether a figure was written (False when no cell has a checkpoint).
+    """
+    from stnkit.viz import load_test_images, transformer_rows
+
+    models, images = [], None
+    for label, key in rows:
+        loaded = trained_model(out, key)
+        if loaded is None:
+            continue
+        if images is None:
+            images, _ = load_test_images(loaded[1], n, data_dir)
+        models.append((label, loaded[0]))
+    if images is None:
+        return False
+    transformer_rows(models, images, title).savefig(path, dpi=90)
+    return True
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -85,6 +85,13 @@ def run_cell(experiment: Experiment, cell: Cell, budget: Budget, out: Path, n_se
             **provenance()}
 
 
+def _prefixed(log: Callable[[str], Any], prefix: str) -> Callable[[str], Any]:
+    def prefixed(line: str) -> Any:
+        return log(prefix + line)
+
+    return prefixed
+
+
 def run(
     experiment: Experiment,
     out: str | Path | None = None,
@@ -142,7 +149,7 @@ def run(
         t0 = time.time()
         try:
             result = run_cell(experiment, cell, b, out, want, data_dir, progress, overrides,
-                              log=lambda line, at=f"[{i}/{len(todo)}]": log(f"{at} {line}"))
+                              log=_prefixed(log, f"[{i}/{len(todo)}] "))
         finally:
             lock.unlink(missing_ok=True)
         store.save(cell.key, result)

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from stnkit.reproduce.experiment import Budget, Cell, Experiment, budget_recipe
-from stnkit.reproduce.results import CellStore, code_line, fmt, markdown_table, recipe_text, trained_model, val_curve
+from stnkit.reproduce.results import (
+    CellStore,
+    code_line,
+    fmt,
+    markdown_table,
+    recipe_text,
+    transformer_figure,
+    val_curve,
+)
 
 __all__ = ["EXPERIMENT", "PAPER", "cell_key", "ordering_checks", "render_markdown", "select_cells"]
 
@@ -163,22 +171,15 @@ def ordering_checks(by_key: dict[str, dict[str, Any]]) -> list[str]:
 
 def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6) -> None:
     """Per dataset: ``fig_<d>.png`` (the ST cells' transformers on the same test digits) and ``curves_<d>.png``."""
-    from stnkit.viz import error_curves, load_test_images, transformer_rows
+    from stnkit.viz import error_curves
 
     store = CellStore(out)
     for d in DATASETS:
         done = [c for c in CELLS if c.fields["dataset"] == d and c.key in finished]
-        rows, images = [], None
-        for c in (c for c in done if c.fields["model"].startswith("st-")):
-            loaded = trained_model(out, c.key)
-            if loaded is None:
-                continue
-            if images is None:
-                images, _ = load_test_images(loaded[1], n, data_dir)
-            rows.append((f"{c.fields['model'].upper()} {c.fields['transform']}", loaded[0]))
-        if rows and images is not None:
-            transformer_rows(rows, images, f"{d.upper()}: test inputs with the attended region (red; TPS control "
-                             "points orange) and the transformer's output").savefig(out / f"fig_{d}.png", dpi=90)
+        rows = [(f"{c.fields['model'].upper()} {c.fields['transform']}", c.key) for c in done
+                if c.fields["model"].startswith("st-")]
+        transformer_figure(out, rows, out / f"fig_{d}.png", f"{d.upper()}: test inputs with the attended region (red; "
+                           "TPS control points orange) and the transformer's output", n, data_dir)
         series = [{"label": c.fields["model"].upper() + (f" {c.fields['transform']}" if "transform" in c.fields
                                                          else ""),
                    "curve": val_curve(store.cell_dir(c.key) / "s0"), "test_err": finished[c.key].get("error"),
