@@ -172,10 +172,32 @@ def budget_recipe(fields: Mapping[str, Any]) -> dict[str, Any]:
 class Experiment:
     """A reproduction declared as data; :func:`stnkit.reproduce.runner.run` runs any of them the same way.
 
-    To add one, declare its cells (key, label, fields, paper number), its budgets (``smoke`` for tests, a
-    ``cpu-<steps>`` one, ``paper``) with per-cell overrides, and a ``render`` that turns the table into markdown;
-    that is all for cells trained through ``fit``. Other cells give ``run_seed`` / ``summarize`` (here or per
-    cell) and ``headline``. Findings go in ``<out>/NOTES.md``, which the markdown includes verbatim.
+    To add an experiment, write a module in ``stnkit/reproduce/`` that declares, and registers in
+    ``stnkit.reproduce.EXPERIMENTS``:
+
+    1. its ``cells``: one :class:`Cell` per table entry (key, label, fields, the paper's number);
+    2. its ``budgets``: ``smoke`` (seconds, for the tests), ``cpu-<steps>`` and ``paper``; what differs per cell
+       goes in a budget's ``overrides`` (shell patterns over keys), never in code;
+    3. ``render``: the table (``{"budget", **describe(...), "cells": [results]}``) as markdown, method only;
+       measured findings go in ``<out>/NOTES.md``, which follows the rendered table verbatim;
+    4. for cells not trained by ``fit`` (an evaluation, a peer library's model, another optimisation): a
+       ``run_seed`` (``SeedRun -> dict``, resuming from ``run.run_dir``) and ``summarize`` (``(cell, seeds) ->
+       dict``), here or per :class:`Cell`, and a ``headline``; ``setup`` for cells every run needs first;
+    5. optionally ``describe`` (budget facts for the table), ``after_cells`` and ``figures`` (drawn with
+       :mod:`stnkit.viz` panels; no matplotlib here).
+
+    The runner gives each result ``key``, ``label``, ``seeds``, ``budget``, ``paper``, ``overrides``, the cell's
+    ``info`` and the code's provenance, and handles skip, resume, locks and ``budget.json``.
+
+    Example:
+        >>> exp = Experiment(
+        ...     name="rts", title="ST-CNN vs CNN on RTS", default_budget="cpu-3k", render=lambda t: "# RTS",
+        ...     cells=(Cell("cnn", "CNN", {"dataset": "rts", "model": "cnn"}, paper=0.8),
+        ...            Cell("st-cnn", "ST-CNN", {"dataset": "rts", "model": "st-cnn", "transform": "affine"}, 0.5)),
+        ...     budgets=(Budget("cpu-3k", {"recipe": "cpu", "steps": 3000}, {"st-*": {"loc_lr_scale": 1.0}}),))
+        >>> fields = exp.budget().fields_for(exp.cells[1])
+        >>> fields["steps"], fields["model"], fields["loc_lr_scale"]
+        (3000, 'st-cnn', 1.0)
 
     Attributes:
         name: ``stnkit reproduce NAME``; also the table files' stem (``<out>/<name>.json``, ``.md``).
