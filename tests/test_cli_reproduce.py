@@ -1,10 +1,13 @@
-"""``stnkit reproduce``: dispatch to each experiment's run(), arguments passed through, one-line errors."""
+"""``stnkit reproduce``: every declared experiment, its flags mapped onto the runner, one-line errors."""
+
+import json
 
 import pytest
 import torch
 
 from stnkit.cli import build_parser, main
 from stnkit.commands import reproduce as cmd
+from stnkit.reproduce import EXPERIMENTS, CellStore
 
 
 @pytest.fixture(autouse=True)
@@ -18,9 +21,11 @@ class TestParser:
     def test_registered_with_every_experiment(self):
         args = build_parser().parse_args(["reproduce", "coloc"])
         assert args.experiment == "coloc"
-        assert args.budget == "cpu"
+        assert args.budget is None  # the experiment's default
         assert args.out is None
-        assert set(cmd.EXPERIMENTS) == {"table1", "coloc", "attention", "addition", "mnist3d"}
+        assert set(EXPERIMENTS) == {"table1", "coloc", "attention", "addition", "mnist3d"}
+        assert {e.default_budget for e in EXPERIMENTS.values()} == {"cpu-3k", "cpu-1k", "cpu-1.5k", "cpu-60k",
+                                                                    "cpu-2.5k"}
 
     def test_unknown_experiment_is_one_line(self, capsys):
         assert main(["reproduce", "svhn"]) == 2
@@ -31,37 +36,40 @@ class TestParser:
     def test_bad_budget(self, capsys):
         assert main(["reproduce", "addition", "--budget", "huge"]) == 2
 
+    @pytest.mark.parametrize("experiment", list(EXPERIMENTS))
+    def test_flags_become_the_runners_arguments(self, tmp_path, experiment):
+        argv = ["reproduce", experiment, "--budget", "smoke", "--cells", "a*", "b", "--seeds", "2", "--out",
+                str(tmp_path / "o"), "--data-dir", "/data", "--threads", "1", "--no-figures", "--no-progress"]
+        assert cmd.run_options(build_parser().parse_args(argv)) == {
+            "out": str(tmp_path / "o"), "budget": "smoke", "cells": ["a*", "b"], "seeds": 2, "data_dir": "/data",
+            "progress": False, "figures": False, "overrides": {"threads": 1}}
 
-@pytest.mark.parametrize("experiment", list(cmd.EXPERIMENTS))
-def test_dispatches_to_the_experiment(monkeypatch, capsys, tmp_path, experiment):
-    import importlib
-
-    module = importlib.import_module(f"stnkit.reproduce.{experiment}")
-    seen = {}
-
-    def fake_run(out, **kw):
-        seen.update(out=out, **kw)
-        return {"cells": [{}, {}]}
-
-    monkeypatch.setattr(module, "run", fake_run)
-    argv = ["reproduce", experiment, "--budget", "smoke", "--cells", "a*", "b", "--seeds", "2", "--out",
-            str(tmp_path / "o"), "--data-dir", "/data", "--threads", "1", "--no-figures", "--no-progress"]
-    assert main(argv) == 0
-    assert seen == {"out": str(tmp_path / "o"), "budget": "smoke", "cells": ["a*", "b"], "seeds": 2,
-                    "data_dir": "/data", "progress": False, "figures": False, "overrides": {"threads": 1}}
-    assert f"2 cells finished; tables in {tmp_path / 'o'}/{experiment}.md" in capsys.readouterr().out
+    def test_default_out(self):
+        args = build_parser().parse_args(["reproduce", "mnist3d", "--no-progress"])
+        assert cmd.run_options(args)["out"] == "results/mnist3d"
+        assert cmd.run_options(args)["overrides"] is None
 
 
-def test_default_out(monkeypatch, capsys):
-    from stnkit.reproduce import mnist3d
+def test_rerun_says_what_it_skips_and_how_to_rerun(capsys, tmp_path):
+    out = tmp_path / "m3d"
+    out.mkdir()
+    (out / "budget.json").write_text(json.dumps({"budget": "cpu"}))  # written under the old name
+    store = CellStore(out)
+    for key in ("cnn-mnist3d", "st-cnn-mnist3d"):
+        store.save(key, {"key": key, "error": 9.5, "seeds": 1, "params": 10, "train_s": 60.0, "paper": None,
+                         "version": "0", "commit": "abc"})
+    assert main(["reproduce", "mnist3d", "--budget", "cpu", "--out", str(out), "--no-figures", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "budget 'cpu' of mnist3d is now called 'cpu-2.5k'; the old name will be removed"
+    assert lines[1] == f"stnkit reproduce mnist3d: cpu-2.5k budget, output {out}"
+    assert "[1/2] cnn-mnist3d: done (9.50 % (paper — %)), skipped" in lines
+    assert any(line.startswith(f"2 cell(s) already done in {out} skipped: cnn-mnist3d, st-cnn-mnist3d; to run them "
+                               "again, give another --out") for line in lines)
+    assert lines[-1] == f"2 cells finished; tables in {out}/mnist3d.md and .json"
+    assert "**9.50**" in (out / "mnist3d.md").read_text()
 
-    seen = {}
-    monkeypatch.setattr(mnist3d, "run", lambda out, **kw: seen.update(out=out) or {"cells": []})
-    assert main(["reproduce", "mnist3d", "--no-progress"]) == 0
-    assert seen["out"] == "results/mnist3d"
 
-
-def test_user_errors_are_one_line(monkeypatch, capsys, tmp_path):
+def test_user_errors_are_one_line(capsys, tmp_path):
     # a cell pattern that matches nothing: the experiment's ValueError, reported without a traceback
     assert main(["reproduce", "addition", "--budget", "smoke", "--cells", "resnet", "--out", str(tmp_path),
                  "--no-progress"]) == 1
@@ -70,12 +78,10 @@ def test_user_errors_are_one_line(monkeypatch, capsys, tmp_path):
     assert "Traceback" not in err
 
 
-def test_budget_the_experiment_lacks_is_refused_before_training(monkeypatch, capsys, tmp_path):
-    from stnkit.reproduce import coloc, table1
-
-    monkeypatch.setattr(coloc, "run", lambda *a, **kw: pytest.fail("coloc.run must not be called"))
-    assert main(["reproduce", "coloc", "--budget", "long", "--out", str(tmp_path), "--no-progress"]) == 1
+def test_budget_the_experiment_lacks_is_refused_before_anything_is_written(capsys, tmp_path):
+    assert main(["reproduce", "coloc", "--budget", "long", "--out", str(tmp_path / "c"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "no 'long' budget" in err
-    assert "smoke, cpu, paper" in err
-    assert table1.BUDGETS["long"]["recipe"] == "cpu"
+    assert "smoke, cpu-1k, paper" in err
+    assert not (tmp_path / "c").exists()
+    assert EXPERIMENTS["table1"].budget("long", log=lambda _: None).name == "cpu-15k"

@@ -64,3 +64,10 @@ def test_viz_is_the_only_matplotlib_user():
             "print('matplotlib' in sys.modules, 'lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_error_curves_rejects_unknown_axis():
+    from stnkit.viz import error_curves
+
+    with pytest.raises(ValueError, match="'step', 'samples', 'train_s'"):
+        error_curves([], "t", x="epochs")

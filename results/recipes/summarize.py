@@ -43,7 +43,7 @@ def plot(runs: list[dict]) -> None:
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from stnkit.reproduce.figures import error_curves
+    from stnkit.viz import error_curves
 
     cmap = colormaps["tab20"]
     fig = Figure(figsize=(16, 6), layout="constrained")

@@ -7,6 +7,7 @@ by ``transform_points`` (the output is sampled from inside it), plus the mapped 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,9 @@ from stnkit.grid import denormalize_points
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["attended_region", "gif_of_run", "plot_transformations", "visualize_run"]
+__all__ = ["Panel", "attended_region", "attention_panels", "box_outline", "error_curves", "gif_of_run",
+           "load_test_images", "panel_figure", "plot_transformations", "transformer_panels", "transformer_rows",
+           "visualize_run"]
 
 
 def _border(points_per_edge: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -58,6 +61,126 @@ def attended_region(transform: Any, params: Tensor, input_size: Sequence[int], p
     return denormalize_points(src, tuple(input_size), align_corners)
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One image of a figure, with outlines and points drawn over it (no matplotlib needed to build one).
+
+    Attributes:
+        image: (C, H, W) in [0, 1]; C = 1 (grey), 2 (red, green) or 3 (RGB).
+        outlines: ``(polyline, style)`` pairs: polyline (M, 2) as (x, y) in the image's pixels (pixel i's centre
+            at i), style matplotlib line keywords (``color``, ``lw``, ``ls``).
+        points: (K, 2) pixel (x, y) points drawn as dots (e.g. TPS control points), or None.
+        title: panel title.
+        title_color: its colour (e.g. red for a wrong prediction).
+        ylabel: row label left of the panel.
+    """
+
+    image: Tensor
+    outlines: Sequence[tuple[Tensor, dict[str, Any]]] = ()
+    points: Tensor | None = None
+    title: str = ""
+    title_color: str = "black"
+    ylabel: str = ""
+
+
+def box_outline(box: Sequence[float]) -> Tensor:
+    """Return a box's closed outline (5, 2) as (x, y) pixel corners, for :class:`Panel` outlines.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive (a 28-pixel frame from 0 is ``(0, 0, 28, 28)``).
+
+    Example:
+        >>> box_outline((0, 0, 2, 2))[:2].tolist()
+        [[-0.5, -0.5], [1.5, -0.5]]
+    """
+    x0, y0, x1, y1 = (float(v) - 0.5 for v in box)
+    return torch.tensor([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+
+
+def attention_panels(image: Tensor, region: Tensor, output: Tensor, points: Tensor | None = None,
+                     color: str = "tab:red") -> tuple[Panel, Panel]:
+    """Return the "input + attended region" and "output" panels of one transformed image.
+
+    Args:
+        image: input (C, H, W).
+        region: the attended region's closed border (M, 2), input pixels (see :func:`attended_region`).
+        output: the transformer's output (C, H_out, W_out).
+        points: mapped TPS control points (K, 2) in input pixels, or None.
+        color: the region's colour.
+
+    Example:
+        >>> inp, out = attention_panels(torch.zeros(1, 8, 8), torch.zeros(5, 2), torch.zeros(1, 4, 4))
+        >>> len(inp.outlines), out.outlines
+        (1, ())
+    """
+    return Panel(image, ((region, {"color": color, "lw": 1.2}),), points), Panel(output)
+
+
+def transformer_panels(model: Any, images: Tensor) -> list[tuple[Panel, Panel]]:
+    """Run a model's transformer on images and return each one's input and output panels (:func:`attention_panels`).
+
+    Args:
+        model: a model with ``transformer`` and ``transform(x) -> (warped, params)`` (the ST models).
+        images: inputs (N, C, H, W) in [0, 1].
+
+    Raises:
+        ValueError: the model has no spatial transformer.
+    """
+    if not hasattr(model, "transform") or not hasattr(model, "transformer"):
+        raise ValueError(f"{type(model).__name__} has no spatial transformer to visualise (use an st-* model)")
+    model.eval()
+    with torch.no_grad():
+        warped, params = model.transform(images)  # (N, C, H_out, W_out), (N, P)
+    st = model.transformer
+    h, w = images.shape[2:]
+    regions = attended_region(st.transform, params.float(), (h, w), align_corners=st.align_corners)
+    points: list[Tensor | None] = [None] * images.shape[0]
+    if st.transform.name == "tps":  # (N, K, 2) source positions of the control points
+        points = [denormalize_points(p.reshape(-1, 2).float(), (h, w), st.align_corners) for p in params]
+    return [attention_panels(images[i], regions[i], warped[i], points[i]) for i in range(images.shape[0])]
+
+
+def panel_figure(grid: Sequence[Sequence[Panel | None]], title: str | None = None,
+                 size: tuple[float, float] = (1.6, 1.7)) -> Figure:
+    """Draw a grid of panels (None leaves a cell empty); every reproduction's image figure is one of these.
+
+    Args:
+        grid: rows of panels.
+        title: figure title.
+        size: (width, height) of one panel in inches.
+
+    Returns:
+        A matplotlib ``Figure`` (not attached to pyplot; save it with ``fig.savefig``).
+    """
+    from matplotlib.figure import Figure
+
+    nrows, ncols = len(grid), max(len(row) for row in grid)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows + (0.5 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for r, row in enumerate(grid):
+        for c in range(ncols):
+            ax = axes[r, c]
+            panel = row[c] if c < len(row) else None
+            if panel is None:
+                ax.set_axis_off()
+                continue
+            _imshow(ax, panel.image)
+            for line, style in panel.outlines:
+                ax.plot(line[:, 0], line[:, 1], **style)
+            if panel.points is not None:
+                ax.scatter(panel.points[:, 0], panel.points[:, 1], s=5, color="tab:orange", zorder=3)
+            h, w = panel.image.shape[-2:]
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(panel.title, fontsize=8, color=panel.title_color)
+            ax.set_ylabel(panel.ylabel, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def plot_transformations(model: Any, images: Tensor, labels: Tensor | None = None, ncols: int = 4,
                          title: str | None = None) -> Figure:
     """Draw test inputs beside the transformer's outputs, with the attended region on each input.
@@ -72,43 +195,91 @@ def plot_transformations(model: Any, images: Tensor, labels: Tensor | None = Non
     Returns:
         A matplotlib ``Figure`` (not attached to pyplot; save it with ``fig.savefig``).
     """
-    from matplotlib.figure import Figure
-
-    if not hasattr(model, "transform") or not hasattr(model, "transformer"):
-        raise ValueError(f"{type(model).__name__} has no spatial transformer to visualise (use an st-* model)")
-    model.eval()
+    pairs = transformer_panels(model, images)
     with torch.no_grad():
-        warped, params = model.transform(images)  # (N, C, H_out, W_out), (N, P)
         preds = model(images).argmax(1) if labels is not None else None
-    st = model.transformer
-    regions = attended_region(st.transform, params.float(), images.shape[2:], align_corners=st.align_corners)
-    tps = st.transform.name == "tps"
     n = images.shape[0]
     ncols = max(1, min(ncols, n))
-    nrows = -(-n // ncols)
-    fig = Figure(figsize=(2.0 * 2 * ncols, 2.1 * nrows + (0.4 if title else 0)), layout="constrained")
-    axes = fig.subplots(nrows, 2 * ncols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        ax_in, ax_out = axes[r, 2 * c], axes[r, 2 * c + 1]
-        _imshow(ax_in, images[i])
-        h, w = images.shape[2:]
-        ax_in.plot(regions[i, :, 0], regions[i, :, 1], color="tab:red", lw=1.2)
-        if tps:
-            cp = params[i].reshape(-1, 2).float()  # (K, 2) source positions of the control points
-            cp_px = denormalize_points(cp, (h, w), st.align_corners)
-            ax_in.scatter(cp_px[:, 0], cp_px[:, 1], s=6, color="tab:orange", zorder=3)
-        ax_in.set_xlim(-0.5, w - 0.5)
-        ax_in.set_ylim(h - 0.5, -0.5)
-        _imshow(ax_out, warped[i])
+    grid: list[list[Panel | None]] = []
+    for i, (inp, out) in enumerate(pairs):
+        if i % ncols == 0:
+            grid.append([])
         if preds is not None and labels is not None:
             ok = bool(preds[i] == labels[i])
-            ax_out.set_title(f"pred {int(preds[i])}", fontsize=8, color="black" if ok else "tab:red")
-        ax_in.set_title("input" if i < ncols else "", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
+            out = replace(out, title=f"pred {int(preds[i])}", title_color="black" if ok else "tab:red")
+        grid[-1] += [replace(inp, title="input" if i < ncols else ""), out]
+    return panel_figure(grid, title, size=(2.0, 2.1))
+
+
+def transformer_rows(rows: Sequence[tuple[str, Any]], images: Tensor, title: str) -> Figure:
+    """Draw one row per model: each test input with its attended region, beside the transformer's output.
+
+    Args:
+        rows: ``(label, model)`` pairs of ST models (see :func:`transformer_panels`).
+        images: the same test inputs for every row, shape (N, C, H, W) in [0, 1].
+        title: figure title.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    grid = []
+    for label, model in rows:
+        panels = [p for pair in transformer_panels(model, images) for p in pair]
+        grid.append([replace(panels[0], ylabel=label), *panels[1:]])
+    return panel_figure(grid, title, size=(1.5, 1.6))
+
+
+def error_curves(series: Sequence[dict[str, Any]], title: str, x: str = "step", figure: Any = None,
+                 legend: bool = True) -> Any:
+    """Plot validation error against training length, one line per run, with its test error and the paper's.
+
+    Args:
+        series: one dict per run: ``label``, ``curve`` (:func:`~stnkit.reproduce.results.val_curve` rows), and
+            optionally ``test_err`` (drawn as a marker at the last step), ``paper`` (a dotted line in the
+            same colour) and ``color``.
+        title: figure title.
+        x: ``"step"`` (iterations), ``"samples"`` (training samples; the rows must hold it) or ``"train_s"``
+            (training seconds, validation excluded; drawn in minutes).
+        figure: a matplotlib ``Figure`` or ``SubFigure`` to draw into (default: a new figure).
+        legend: draw the legend beside the axes (one entry per run, its test error in the label).
+
+    Returns:
+        A matplotlib ``Figure`` (log-scale error axis) or the ``figure`` passed in.
+
+    Raises:
+        ValueError: an unknown ``x``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
+
+    xlabels = {"step": "iterations", "samples": "training samples",
+               "train_s": "training minutes (validation excluded)"}
+    if x not in xlabels:
+        raise ValueError(f"x must be one of {', '.join(map(repr, xlabels))}; got {x!r}")
+    fig = figure if figure is not None else Figure(figsize=(9.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, s in enumerate(series):
+        curve = s["curve"]
+        if not curve:
+            continue
+        color = s.get("color", f"C{i % 10}")
+        xs = [c[x] / (60 if x == "train_s" else 1) for c in curve]
+        test = s.get("test_err")
+        label = s["label"] + (f": test {test:.2f} %" if test is not None else "")
+        ax.plot(xs, [c["val_err"] for c in curve], color=color, marker=".", ms=4, lw=1.2, label=label)
+        if test is not None:
+            ax.scatter([xs[-1]], [test], color=color, marker="*", s=90, zorder=3)
+        if s.get("paper") is not None:
+            ax.axhline(s["paper"], color=color, ls=":", lw=1.2, label=f"paper {s['paper']:.1f} %")
+    ax.set_yscale("log")
+    for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.5, 2, not 5x10^-1
+        axis_format(FormatStrFormatter("%g"))
+    ax.set_xlabel(xlabels[x])
+    ax.set_ylabel("error (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    if legend:  # beside the axes: inside, it would hide the curves' ends and the test-error stars
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.set_title(title, fontsize=10)
     return fig
 
 
@@ -116,11 +287,23 @@ def _imshow(ax: Any, image: Tensor) -> None:
     img = image.detach().float().clamp(0, 1).cpu()
     if img.shape[0] == 1:
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        return
+    if img.shape[0] == 2:  # two channels: red and green
+        img = torch.cat([img, torch.zeros_like(img[:1])])
+    ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
 
 
-def _test_images(config: Any, n: int, data_dir: str | None) -> tuple[Tensor, Tensor]:
+def load_test_images(config: Any, n: int, data_dir: str | None = None) -> tuple[Tensor, Tensor]:
+    """Return the first ``n`` test inputs and labels of a run's dataset (as its :class:`~stnkit.training.TrainConfig`).
+
+    Args:
+        config: the run's TrainConfig (changed in place: ``test_subset``, and ``data_dir`` when given).
+        n: images.
+        data_dir: MNIST folder (default: the run's).
+
+    Returns:
+        inputs (n, C, H, W) (volumes (n, 1, D, H, W) for 3-D data) and labels (n,).
+    """
     from stnkit.training import make_datamodule
 
     if data_dir is not None:
@@ -149,7 +332,7 @@ def visualize_run(path: str | Path, out: str | Path, *, n: int = 16, ncols: int 
     from stnkit.training import load_checkpoint
 
     lit, config, ckpt = load_checkpoint(path, which)
-    images, labels = _test_images(config, n, data_dir)
+    images, labels = load_test_images(config, n, data_dir)
     title = f"{config.model} ({config.transform}) on {config.dataset.upper()}, step {ckpt.get('global_step', 0)}"
     fig = plot_transformations(lit.model, images, labels, ncols=ncols, title=title)
     out = Path(out)
@@ -189,7 +372,7 @@ def gif_of_run(run_dir: str | Path, out: str | Path, *, n: int = 8, ncols: int =
     for snap in snaps:
         lit, config, ckpt = load_checkpoint(snap)
         if images is None:
-            images, labels = _test_images(config, n, data_dir)
+            images, labels = load_test_images(config, n, data_dir)
         title = f"{config.model} ({config.transform}) on {config.dataset.upper()}, step {ckpt.get('global_step', 0)}"
         fig = plot_transformations(lit.model, images, labels, ncols=ncols, title=title)
         canvas = FigureCanvasAgg(fig)

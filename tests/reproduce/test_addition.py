@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from stnkit.models import create
-from stnkit.reproduce import addition
+from stnkit.reproduce import addition, run
+from stnkit.reproduce.experiment import budget_recipe
+
+EXP = addition.EXPERIMENT
 
 
 @pytest.fixture
@@ -19,12 +22,12 @@ def smoke_env(monkeypatch, mnist_dir):
 
 
 def test_cells_and_paper():
-    assert [c.key for c in addition.CELLS] == [
+    assert [c.key for c in EXP.cells] == [
         "fcn", "cnn", "st-fcn-affine", "st-fcn-projective", "st-fcn-tps", "st-fcn-x2-affine",
         "st-fcn-x2-projective", "st-fcn-x2-tps"]
     assert addition.PAPER["fcn"] == 47.7
     assert addition.PAPER["cnn"] == 14.7
-    assert all(c.fields["dataset"] == "addition" for c in addition.CELLS)
+    assert all(c.fields["dataset"] == "addition" for c in EXP.cells)
 
 
 def test_attention_shares():
@@ -53,10 +56,10 @@ def test_attention_shares():
     assert addition.attention_shares(model, x) == [shares[0], None]
 
 
-def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+def test_smoke_run_and_resume(tmp_path, smoke_env):
     out = tmp_path / "add"
     cells = ["fcn", "st-fcn-x2-affine"]
-    table = addition.run(out, budget="smoke", cells=cells, progress=False, log=lambda *_: None)
+    table = run(EXP, out, budget="smoke", cells=cells, progress=False, log=lambda *_: None)
     assert [c["key"] for c in table["cells"]] == cells
     saved = json.loads((out / "addition.json").read_text())
     assert saved["budget"] == "smoke"
@@ -64,7 +67,7 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     for cell in saved["cells"]:
         assert set(cell) >= {"key", "model", "dataset", "error", "seeds", "iterations", "params", "paper", "commit"}
         assert 0.0 <= cell["error"] <= 100.0
-        assert cell["iterations"] == addition.BUDGETS["smoke"]["steps"]
+        assert cell["iterations"] == EXP.budget("smoke").fields["steps"]
         assert abs(cell["params"] - addition.PARAM_BUDGET) / addition.PARAM_BUDGET < 0.05
     assert saved["attention_shares"]["cell"] == "st-fcn-x2-affine"
     assert len(saved["attention_shares"]["channel1_share"]) == 2
@@ -76,37 +79,33 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert "Cells finished: 2 of 8" in md
     assert (out / "fig_addition.png").stat().st_size > 5_000
 
-    import stnkit.training as training
-
-    calls = []
-    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
     lines = []
-    again = addition.run(out, budget="smoke", cells=cells, progress=False, figures=False, log=lines.append)
-    assert calls == []  # finished cells are skipped
-    assert sum("skipped" in line for line in lines) == 2
+    again = run(EXP, out, budget="smoke", cells=cells, progress=False, figures=False, log=lines.append)
+    assert sum(line.endswith("skipped") for line in lines) == 2  # finished cells are skipped, not trained
+    assert not any("running" in line for line in lines)
     assert [c["error"] for c in again["cells"]] == [c["error"] for c in table["cells"]]
     with pytest.raises(ValueError, match="holds results of the 'smoke' budget"):
-        addition.run(out, budget="cpu", cells=cells, log=lambda *_: None)
+        run(EXP, out, budget="cpu-60k", cells=cells, log=lambda *_: None)
     with pytest.raises(ValueError, match="matches no addition cell"):
-        addition.run(tmp_path / "x", budget="smoke", cells=["resnet"], log=lambda *_: None)
+        run(EXP, tmp_path / "x", budget="smoke", cells=["resnet"], log=lambda *_: None)
 
 
 def test_cpu_budget_keeps_the_localisation_lr_at_x1():
     # the cpu recipe's x3 made both localisation nets of the 2xST-FCN diverge (blank outputs, error at chance)
-    assert addition.BUDGETS["cpu"]["loc_lr_scale"] == 1.0
-    assert addition._recipe_summary("cpu")["loc_lr_scale"] == 1.0
-    assert addition._recipe_summary("cpu")["steps"] == addition.BUDGETS["cpu"]["steps"]
+    cpu = EXP.budget("cpu-60k")
+    assert EXP.budget("cpu", log=lambda _: None) is cpu
+    assert budget_recipe(cpu.fields)["loc_lr_scale"] == 1.0
+    assert budget_recipe(cpu.fields)["steps"] == 60_000
 
 
-def test_cpu_budget_trains_the_cnn_shorter(tmp_path, smoke_env, monkeypatch):
-    """Per-cell fields replace the budget's for that cell only, and each result records them."""
-    assert addition.CELL_FIELDS["cpu"]["cnn"]["steps"] < addition.BUDGETS["cpu"]["steps"]
-    monkeypatch.setitem(addition.CELL_FIELDS, "smoke", {"cnn": {"steps": 2, "eval_every": 1}})
-    table = addition.run(tmp_path, budget="smoke", cells=["fcn", "cnn"], figures=False, log=lambda *_: None)
-    by_key = {c["key"]: c for c in table["cells"]}
-    assert by_key["cnn"]["iterations"] == 2
-    assert by_key["cnn"]["cell_fields"] == {"steps": 2, "eval_every": 1}
-    assert by_key["fcn"]["iterations"] == addition.BUDGETS["smoke"]["steps"]
-    assert "cell_fields" not in by_key["fcn"]
-    md = (tmp_path / "addition.md").read_text()
-    assert "iterations per cell (cnn 2)" in md
+def test_cpu_budget_trains_the_cnn_shorter(tmp_path):
+    """The cnn's override replaces the budget's steps for that cell only, and the markdown says so."""
+    cpu = EXP.budget("cpu-60k")
+    by_key = {c.key: c for c in EXP.cells}
+    assert cpu.fields_for(by_key["cnn"])["steps"] == 10_000
+    assert cpu.fields_for(by_key["fcn"])["steps"] == 60_000
+    assert cpu.cell_overrides("st-fcn-x2-tps") == {}
+    table = addition.render_markdown({"budget": "cpu-60k", "recipe": budget_recipe(cpu.fields),
+                                      "param_budget": addition.PARAM_BUDGET, "cell_fields": dict(cpu.overrides),
+                                      "cells": []})
+    assert "60000 iterations per cell (cnn 10,000)" in table

@@ -1,11 +1,14 @@
 """Smoke budget of the attention-for-efficiency reproduction: error and timing side by side, resume."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from stnkit.reproduce import attention
+from stnkit.reproduce import attention, run
+
+EXP = attention.EXPERIMENT
 
 
 @pytest.fixture
@@ -18,22 +21,23 @@ def smoke_env(monkeypatch, mnist_dir):
 
 
 def test_cells():
-    keys = [c.key for c in attention.CELLS]
+    keys = [c.key for c in EXP.cells]
     assert keys == ["tc60-cnn", "tc60-st-crop30", "tc60-st-crop20", "tc120-cnn", "tc120-st-crop30",
                     "tc120-st-crop20"]
-    big = next(c for c in attention.CELLS if c.key == "tc120-st-crop20")
+    big = next(c for c in EXP.cells if c.key == "tc120-st-crop20")
     assert big.fields["distortion"] == {"canvas_size": 120, "clutter": 24}
     assert big.fields["model_kwargs"] == {"channels": attention.CHANNELS, "crop": 20, "st_downsample": None,
                                           "localization": "heatmap"}
 
 
 def test_cpu_budget_trains_attention_models_longer_but_not_the_cnns():
-    cells = {c.key: attention._budget_cell(c, "cpu") for c in attention.CELLS}
-    assert cells["tc120-cnn"].fields.get("steps") is None  # the budget's 1,500
-    assert cells["tc120-st-crop20"].fields["steps"] == attention.BUDGETS["cpu"]["st_steps"] == 6000
-    assert attention._budget_cell(attention.CELLS[1], "smoke") is attention.CELLS[1]
-    assert attention._recipe_summary("cpu")["st_steps"] == 6000
-    assert attention._recipe_summary("cpu")["steps"] == 1500
+    cpu = EXP.budget("cpu-1.5k")
+    by_key = {c.key: c for c in EXP.cells}
+    assert cpu.fields_for(by_key["tc120-cnn"])["steps"] == 1500
+    assert cpu.fields_for(by_key["tc120-st-crop20"])["steps"] == 6000
+    assert EXP.budget("smoke").fields_for(by_key["tc60-st-crop30"])["steps"] == 4
+    recipe = EXP.describe(Path("/nonexistent"), cpu)["recipe"]
+    assert (recipe["st_steps"], recipe["steps"]) == (6000, 1500)
 
 
 def test_time_model_counts_per_image():
@@ -43,15 +47,15 @@ def test_time_model_counts_per_image():
     assert t["infer_ms"] > 0
 
 
-def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+def test_smoke_run_and_resume(tmp_path, smoke_env):
     out = tmp_path / "att"
     cells = ["tc60-cnn", "tc60-st-crop20"]
-    table = attention.run(out, budget="smoke", cells=cells, progress=False, log=lambda *_: None)
+    table = run(EXP, out, budget="smoke", cells=cells, progress=False, log=lambda *_: None)
     assert [c["key"] for c in table["cells"]] == cells
     saved = json.loads((out / "attention.json").read_text())
     assert saved["budget"] == "smoke"
     timing = saved["timing"]["models"]
-    assert set(timing) == {c.key for c in attention.CELLS}  # every model timed in the same run
+    assert set(timing) == {c.key for c in EXP.cells}  # every model timed in the same run
     # the attention models read a crop: fewer parameters than the full-resolution CNN of the same widths
     assert timing["tc120-st-crop20"]["params"] < timing["tc120-cnn"]["params"]
     for cell in saved["cells"]:
@@ -71,23 +75,20 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert lit.model.transformer.output_size == (20, 20)  # the crop itself, not halved as Table 1's TC models
     assert lit.model.classifier.input_shape == (1, 20, 20)
 
-    import stnkit.training as training
-
-    calls = []
-    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
     lines = []
-    attention.run(out, budget="smoke", cells=cells, progress=False, figures=False, log=lines.append)
-    assert calls == []
-    assert sum("skipped" in line for line in lines) == 2
+    run(EXP, out, budget="smoke", cells=cells, progress=False, figures=False, log=lines.append)
+    assert sum(line.endswith("skipped") for line in lines) == 2
+    assert not any("running" in line for line in lines)
 
 
 def test_cpu_budget_states_its_localisation_lr_and_design():
-    recipe = attention._recipe_summary("cpu")
+    recipe = EXP.describe(Path("/nonexistent"), EXP.budget("cpu-1.5k"))["recipe"]
     assert (recipe["loc_lr_scale"], recipe["steps"], recipe["st_steps"], recipe["batch_size"]) == (1.0, 1500, 6000, 64)
-    md = attention.render_markdown({"budget": "cpu", "recipe": recipe, "channels": attention.CHANNELS, "cells": []})
+    md = attention.render_markdown({"budget": "cpu-1.5k", "recipe": recipe, "channels": attention.CHANNELS,
+                                    "cells": []})
     assert "localisation lr x1." in md
     assert "soft-argmax" in md
-    assert "fc-localisation/" in md
+    assert "budget_recipe" not in md
 
 
 def test_efficiency_check_states_the_training_compute_at_the_timed_costs():

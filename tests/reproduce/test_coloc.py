@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from stnkit.reproduce import coloc
+from stnkit.reproduce import coloc, run
+
+EXP = coloc.EXPERIMENT
 
 
 @pytest.fixture
@@ -18,21 +20,27 @@ def smoke_env(monkeypatch, mnist_dir):
 
 
 def test_cells():
-    assert [c.key for c in coloc.CELLS][:2] == ["t-0", "t-1"]
-    assert len(coloc.CELLS) == 40
-    assert [c.key for c in coloc.CELLS][20:22] == ["t-0-heatmap", "t-1-heatmap"]
-    assert {c.localization for c in coloc.CELLS} == {"paper", "heatmap"}
+    keys = [c.key for c in EXP.cells]
+    assert keys[:2] == ["t-0", "t-1"]
+    assert len(keys) == 40
+    assert keys[20:22] == ["t-0-heatmap", "t-1-heatmap"]
+    assert {c.fields["localization"] for c in EXP.cells} == {"paper", "heatmap"}
+    assert [c.key for c in EXP.setup] == ["encoder"]
+    smoke = EXP.budget("smoke")
+    assert smoke.fields_for(EXP.setup[0])["recipe"] == "smoke"  # the encoder's fields, not the sets'
+    assert "lr" not in smoke.fields_for(EXP.setup[0])
+    assert smoke.fields_for(EXP.cells[0])["n"] == 8
 
 
-def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+def test_smoke_run_and_resume(tmp_path, smoke_env):
     out = tmp_path / "coloc"
-    table = coloc.run(out, budget="smoke", cells=["t-3", "tc-3", "t-3-heatmap"], progress=False,
+    table = run(EXP, out, budget="smoke", cells=["t-3", "tc-3", "t-3-heatmap"], progress=False,
                       log=lambda *_: None)
     assert [c["key"] for c in table["cells"]] == ["t-3", "tc-3", "t-3-heatmap"]
     assert [c["localization"] for c in table["cells"]] == ["paper", "paper", "heatmap"]
     saved = json.loads((out / "coloc.json").read_text())
     assert saved["budget"] == "smoke"
-    n = coloc.BUDGETS["smoke"]["n"]
+    n = EXP.budget("smoke").fields_for(EXP.cells[0])["n"]
     for cell in saved["cells"]:
         assert 0.0 <= cell["correct"] <= 100.0
         assert len(cell["ious"]) == n
@@ -52,20 +60,20 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert (out / "fig_coloc_heatmap.png").stat().st_size > 5_000
     assert (out / "cells" / "encoder" / "s0" / "metrics.json").exists()
 
-    import stnkit.training as training
-
-    calls = []
-    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
     lines = []
-    coloc.run(out, budget="smoke", cells=["t-3", "tc-3", "t-3-heatmap"], progress=False, figures=False,
-              log=lines.append)
-    assert calls == []
-    assert sum("skipped" in line for line in lines) == 3
+    run(EXP, out, budget="smoke", cells=["t-3", "tc-3", "t-3-heatmap"], progress=False, figures=False,
+        log=lines.append)
+    assert sum(line.endswith("skipped") for line in lines) == 4  # the encoder and the three sets
+    assert not any("running" in line for line in lines)
 
 
 def test_boxes_figure_draws_history():
+    from stnkit.viz import panel_figure
+
     res = {"history": [{"step": 0, "params": [[1 / 3, 0.0, 0.0]]}, {"step": 5, "params": [[1 / 3, 0.5, 0.5]]}],
            "true_boxes": [[49.0, 49.0, 77.0, 77.0]]}
-    fig = coloc.boxes_figure([("T digit 1", torch.rand(1, 1, 84, 84), res)])
-    ax = fig.axes[0]
-    assert len(ax.patches) == 3  # two history boxes and the true frame
+    grid = coloc.box_panels([("T digit 1", torch.rand(1, 1, 84, 84), res)])
+    assert len(grid[0][0].outlines) == 3  # two history boxes and the true frame
+    assert grid[0][0].outlines[-1][0][0].tolist() == [48.5, 48.5]  # the true frame's corner, in pixels
+    ax = panel_figure(grid).axes[0]
+    assert len(ax.lines) == 3

@@ -5,7 +5,10 @@ import json
 import pytest
 import torch
 
-from stnkit.reproduce import mnist3d
+from stnkit.reproduce import mnist3d, run
+from stnkit.reproduce.experiment import budget_recipe
+
+EXP = mnist3d.EXPERIMENT
 
 
 @pytest.fixture
@@ -17,9 +20,9 @@ def smoke_env(monkeypatch, mnist_dir):
     torch.set_num_threads(threads)
 
 
-def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
+def test_smoke_run_and_resume(tmp_path, smoke_env):
     out = tmp_path / "m3d"
-    table = mnist3d.run(out, budget="smoke", progress=False, log=lambda *_: None)
+    table = run(EXP, out, budget="smoke", progress=False, log=lambda *_: None)
     assert [c["key"] for c in table["cells"]] == ["cnn-mnist3d", "st-cnn-mnist3d"]
     saved = json.loads((out / "mnist3d.json").read_text())
     assert saved["budget"] == "smoke"
@@ -32,18 +35,14 @@ def test_smoke_run_and_resume(tmp_path, smoke_env, monkeypatch):
     assert "Does the 3-D transformer beat the fixed projection?" in md
     assert (out / "fig_mnist3d.png").stat().st_size > 5_000
 
-    import stnkit.training as training
-
-    calls = []
-    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
-    mnist3d.run(out, budget="smoke", progress=False, figures=False, log=lambda *_: None)
-    assert calls == []
+    lines = []
+    run(EXP, out, budget="smoke", progress=False, figures=False, log=lines.append)
+    assert sum(line.endswith("skipped") for line in lines) == 2
+    assert not any("running" in line for line in lines)
 
 
 def test_cpu_budget_trains_the_localisation_net_at_x1_and_says_so():
-    from stnkit.reproduce.cells import budget_recipe
-
-    recipe = budget_recipe(mnist3d.BUDGETS["cpu"])
+    recipe = budget_recipe(EXP.budget("cpu-2.5k").fields)
     assert (recipe["loc_lr_scale"], recipe["steps"], recipe["channels_last"]) == (1.0, 2500, False)
-    md = mnist3d.render_markdown({"budget": "cpu", "recipe": recipe, "cells": []})
+    md = mnist3d.render_markdown({"budget": "cpu-2.5k", "recipe": recipe, "cells": []})
     assert "2500 iterations per cell, localisation lr x1." in md

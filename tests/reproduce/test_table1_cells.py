@@ -2,19 +2,23 @@ import json
 
 import pytest
 
-from stnkit.reproduce import table1
+from stnkit.reproduce import run, table1, write_outputs
+from stnkit.reproduce.experiment import budget_recipe
 from stnkit.reproduce.results import CellStore, atomic_write_text
+
+EXP = table1.EXPERIMENT
 
 
 class TestCells:
     def test_36_cells(self):
-        cells = table1.all_cells()
+        cells = EXP.cells
         assert len(cells) == 36
         assert len({c.key for c in cells}) == 36
-        tc = [c for c in cells if c.dataset == "tc"]
-        assert [(c.model, c.transform) for c in tc] == [("fcn", None), ("cnn", None), ("st-fcn", "affine"),
-                                                         ("st-cnn", "affine")]
+        tc = [c for c in cells if c.fields["dataset"] == "tc"]
+        assert [(c.fields["model"], c.fields.get("transform")) for c in tc] == [
+            ("fcn", None), ("cnn", None), ("st-fcn", "affine"), ("st-cnn", "affine")]
         assert all(c.paper is not None for c in cells)
+        assert tc[3].key == "tc-st-cnn-affine"
 
     @pytest.mark.parametrize(("spec", "n"), [(["rts"], 8), (["*:st-cnn"], 13), (["rts:st-cnn:affine"], 1),
                                              (["tc:cnn", "rts:cnn", "tc:cnn"], 2), (["*:cnn:none"], 5)])
@@ -29,19 +33,20 @@ class TestCells:
 
 
 def fake_result(cell, error):
-    return {"model": cell.model, "transform": cell.transform, "dataset": cell.dataset, "error": error,
-            "errors": [error], "seeds": 1, "iterations": 10, "wall_s": 1.0, "params": 100, "budget": "smoke",
-            "recipe": "smoke", "paper": cell.paper, "version": "0", "commit": "abc"}
+    return {"key": cell.key, "model": cell.fields["model"], "transform": cell.fields.get("transform"),
+            "dataset": cell.fields["dataset"], "error": error, "errors": [error], "seeds": 1, "iterations": 10,
+            "wall_s": 1.0, "params": 100, "budget": "smoke", "recipe": "smoke", "paper": cell.paper, "version": "0",
+            "commit": "abc"}
 
 
 class TestOutputs:
     def test_markdown_and_ordering(self, tmp_path):
         store = CellStore(tmp_path)
-        rts = {c.model + str(c.transform): c for c in table1.select_cells(["rts"])}
+        rts = {c.fields["model"] + str(c.fields.get("transform")): c for c in table1.select_cells(["rts"])}
         store.save(rts["cnnNone"].key, fake_result(rts["cnnNone"], 1.0))
         store.save(rts["st-cnnaffine"].key, fake_result(rts["st-cnnaffine"], 0.6))
         store.save(rts["st-cnnprojective"].key, fake_result(rts["st-cnnprojective"], 1.2))
-        table = table1.write_outputs(tmp_path, "smoke", figures=False)
+        table = write_outputs(EXP, tmp_path, EXP.budget("smoke"), figures=False)
         assert len(table["cells"]) == 3
         saved = json.loads((tmp_path / "table1.json").read_text())
         assert saved["budget"] == "smoke"
@@ -55,7 +60,7 @@ class TestOutputs:
     def test_budget_mismatch_refused(self, tmp_path):
         atomic_write_text(tmp_path / "budget.json", json.dumps({"budget": "cpu"}))
         with pytest.raises(ValueError, match="holds results of the 'cpu' budget"):
-            table1.run(tmp_path, budget="smoke", cells=["rts:cnn"])
+            run(EXP, tmp_path, budget="smoke", cells=["rts:cnn"])
 
     def test_corrupt_result_named(self, tmp_path):
         store = CellStore(tmp_path)
@@ -119,78 +124,33 @@ def test_st_health_names_the_seeds_when_they_differ(tmp_path):
     assert st_health(tmp_path) == "s0: alive; s1: frozen from step 500"
 
 
-def test_error_curves_rejects_unknown_axis():
-    from stnkit.reproduce.figures import error_curves
-
-    with pytest.raises(ValueError, match="'step', 'samples', 'train_s'"):
-        error_curves([], "t", x="epochs")
-
-
-def test_claim_keeps_a_cell_to_one_live_process_and_takes_over_stale_locks(tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    from stnkit.reproduce.cells import claim
-
-    lock = claim(tmp_path / "cell")
-    assert lock is not None
-    assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
-    assert claim(tmp_path / "cell") is None  # held by a live process (this one)
-    lock.unlink()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "cell" / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
-    again = claim(tmp_path / "cell")  # its process has exited: stale, taken over
-    assert again is not None
-    assert again.read_text().endswith(str(os.getpid()))
-
-
-def test_run_skips_a_cell_another_process_is_training(tmp_path, monkeypatch):
-    import os
-    import socket
-
-    import stnkit.training as training
-
-    monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("a claimed cell must not be trained"))
-    (tmp_path / "cells" / "rts-cnn").mkdir(parents=True)
-    (tmp_path / "cells" / "rts-cnn" / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}")
+def test_long_budget_trains_the_localisation_net_at_x1_under_its_new_name():
     lines = []
-    table1.run(tmp_path, budget="smoke", cells=["rts:cnn"], progress=False, figures=False, log=lines.append)
-    assert any("being trained by another process" in line for line in lines)
-
-
-def test_long_budget_trains_the_localisation_net_at_x1_and_says_why():
-    from stnkit.reproduce import table1
-
-    recipe = table1._recipe_summary("long")
+    long = EXP.budget("long", log=lines.append)
+    assert long.name == "cpu-15k"
+    assert lines == ["budget 'long' of table1 is now called 'cpu-15k'; the old name will be removed"]
+    recipe = budget_recipe(long.fields)
     assert (recipe["loc_lr_scale"], recipe["steps"]) == (1.0, 15_000)  # the whole cpu recipe, localisation x1
-    assert table1._recipe_summary("cpu")["loc_lr_scale"] == 3.0
-    md = table1.render_markdown({"budget": "long", "recipe": recipe, "cells": []})
-    assert "localisation lr x1.0" in md
-    assert "loc-lr-x3/diagnosis.md" in md
-    assert "diagnosis" not in table1.render_markdown({"budget": "cpu", "recipe": table1._recipe_summary("cpu"),
-                                                      "cells": []})
+    assert budget_recipe(EXP.budget("cpu-3k").fields)["loc_lr_scale"] == 3.0
+    md = table1.render_markdown({"budget": "cpu-15k", "recipe": recipe, "cells": []})
+    assert "Budget **cpu-15k**" in md
+    assert "localisation lr x1.0," in md
 
 
-def test_cpu_budget_trains_tc_transformers_at_localisation_lr_x1_and_records_it(tmp_path, monkeypatch):
-    import stnkit.reproduce.cells as cells_mod
+def test_cpu_budget_trains_tc_transformers_at_localisation_lr_x1_and_says_so(tmp_path):
+    cpu = EXP.budget("cpu-3k")
+    assert EXP.budget("cpu", log=lambda _: None) is cpu  # the old name of the 3,000-step budget
+    by_key = {c.key: c for c in EXP.cells}
+    assert cpu.fields_for(by_key["tc-st-cnn-affine"])["loc_lr_scale"] == 1.0
+    assert "loc_lr_scale" not in cpu.fields_for(by_key["rts-st-cnn-affine"])  # the recipe's x3
+    assert cpu.cell_overrides("tc-cnn") == {"loc_lr_scale": 1.0}
+    table = write_outputs(EXP, tmp_path, cpu, figures=False)
+    assert table["overrides"] == {"tc-*": {"loc_lr_scale": 1.0}}
+    assert "localisation lr x3.0 (TC: x1)" in (tmp_path / "table1.md").read_text()
 
-    seen = {}
 
-    def fake_train(run_dir, **fields):
-        seen[run_dir.parent.name] = fields
-        return {"test_err": 1.0, "steps": 3000, "train_s": 1.0, "wall_s": 1.0, "params": 10}
+def test_committed_notes_say_why_tc_uses_x1():
+    from pathlib import Path
 
-    monkeypatch.setattr(cells_mod, "train_or_resume", fake_train)
-    table = table1.run(tmp_path, budget="cpu", cells=["tc:st-cnn", "rts:st-cnn:affine", "tc:cnn"], progress=False,
-                       figures=False, log=lambda _: None)
-    assert seen["tc-st-cnn-affine"]["loc_lr_scale"] == 1.0
-    assert "loc_lr_scale" not in seen["rts-st-cnn-affine"]  # the recipe's x3
-    by_key = {c["key"]: c for c in table["cells"]}
-    assert by_key["tc-st-cnn-affine"]["loc_lr_scale"] == 1.0
-    assert "loc_lr_scale" not in by_key["rts-st-cnn-affine"]
-    assert table["dataset_fields"] == {"tc": {"loc_lr_scale": 1.0}}
-    md = (tmp_path / "table1.md").read_text()
-    assert "localisation lr x3.0 (TC: x1)" in md
-    assert "TC's cells use the localisation lr x1" in md
+    notes = Path(__file__).resolve().parents[2] / "results" / "table1" / "NOTES.md"
+    assert "TC's cells use the localisation lr x1" in notes.read_text()

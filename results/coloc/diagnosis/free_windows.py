@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from stnkit.data import make_coloc_set
 from stnkit.data.coloc import random_crop_params
 from stnkit.losses import attended_box, box_iou, triplet_hinge_loss
-from stnkit.reproduce.coloc import BUDGETS, WINDOW
+from stnkit.reproduce.coloc import CELLS, EXPERIMENT, WINDOW
 from stnkit.sampling import warp
 
 HERE = Path(__file__).parent
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--blur", type=float, default=0.0)
     args = parser.parse_args()
     encoder, test_x, test_y, train_x = load_encoder_and_digits()
-    budget = BUDGETS["cpu"]
+    budget = EXPERIMENT.budget("cpu-1k").fields_for(CELLS[0])
     steps, n = budget["steps"], budget["n"]
     lines = []
     for name in args.sets:

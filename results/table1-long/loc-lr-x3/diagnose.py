@@ -16,9 +16,9 @@ import torch
 
 from stnkit.data import distort, find_mnist, load_mnist
 from stnkit.modules import SpatialTransformer
-from stnkit.reproduce.figures import error_curves
 from stnkit.reproduce.results import val_curve
 from stnkit.training import load_checkpoint
+from stnkit.viz import error_curves
 
 HERE = Path(__file__).parent
 torch.set_num_threads(1)

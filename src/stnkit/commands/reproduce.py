@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+from typing import Any
 
 from stnkit.commands._common import progress_default
 
@@ -12,28 +12,30 @@ HELP = "reproduce one of the paper's experiments (resumable per cell): table1, c
 ORDER = 40
 DESCRIPTION = (
     "Train and evaluate every cell of an experiment and write <out>/<name>.json and <name>.md (ours beside the "
-    "paper's numbers, budget stated) plus figures. Finished cells are skipped on rerun and an interrupted cell "
-    "resumes from its checkpoint, so an experiment can be filled over several runs. Budgets: smoke (seconds, for "
-    "tests), cpu (a fast CPU recipe, 30-60 minutes per experiment on 2 cores; Table 1: about 4 hours), paper "
-    "(the paper's recipe, 3 seeds)."
+    "paper's numbers, budget stated, <out>/NOTES.md appended) plus figures. Finished cells are skipped on rerun (the "
+    "command lists them; give another --out to run them afresh) and an interrupted cell resumes from its "
+    "checkpoint, so an experiment can be filled over several runs. Budgets: smoke (seconds, for tests), cpu-<steps> "
+    "(a fast CPU recipe, 30-60 minutes per experiment on 2 cores; Table 1's cpu-3k: about 4 hours), paper (the "
+    "paper's recipe, 3 seeds); the old name cpu still works."
 )
 
-#: experiment name -> module of stnkit.reproduce with ``run(out, budget, cells, seeds, data_dir, progress, ...)``
-EXPERIMENTS = {
-    "table1": "Table 1: distorted MNIST (R, RTS, P, E, TC), FCN/CNN/ST-FCN/ST-CNN",
-    "coloc": "App. A.2: co-localisation of digits with a triplet loss (T and TC, per digit, two loc. nets)",
-    "attention": "attention for efficiency: an ST crop + small CNN vs a CNN on the full TC input (error and time)",
-    "addition": "App. A.1: MNIST addition, FCN/CNN/ST-FCN/2xST-FCN",
-    "mnist3d": "App. A.3: 3-D MNIST, a 3-D transformer + projection vs a fixed projection",
-}
+
+def _experiments() -> dict[str, Any]:
+    from stnkit.reproduce import EXPERIMENTS
+
+    return EXPERIMENTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this command's arguments to its parser."""
-    p.add_argument("experiment", choices=list(EXPERIMENTS), metavar="EXPERIMENT",
-                   help="; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()))
-    p.add_argument("--budget", default="cpu", choices=("smoke", "cpu", "long", "paper"),
-                   help="training budget (default cpu; long: table1 only, the whole cpu recipe for chosen cells)")
+    experiments = _experiments()
+    budgets = dict.fromkeys(n for e in experiments.values() for b in e.budgets for n in (b.name, *b.aliases))
+    p.add_argument("experiment", choices=list(experiments), metavar="EXPERIMENT",
+                   help="; ".join(f"{k}: {e.title}" for k, e in experiments.items()))
+    p.add_argument("--budget", choices=list(budgets), metavar="BUDGET",
+                   help="training budget: " + "; ".join(f"{k}: {', '.join(b.name for b in e.budgets)}"
+                                                        for k, e in experiments.items())
+                   + " (default: each experiment's cpu-* one; cpu and long are the old names)")
     p.add_argument("--cells", nargs="+", metavar="PATTERN",
                    help="run only these cells (table1: dataset[:model[:transform]]; others: shell patterns over the "
                         "cell keys, e.g. 'st-*'); default all")
@@ -47,21 +49,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one line per validation instead of progress bars (default: bars on a terminal)")
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`stnkit.reproduce.run` that the command line gives."""
+    return {"out": args.out or f"results/{args.experiment}", "budget": args.budget, "cells": args.cells,
+            "seeds": args.seeds, "data_dir": args.data_dir,
+            "progress": progress_default() if args.progress is None else args.progress, "figures": args.figures,
+            "overrides": {"threads": args.threads} if args.threads else None}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    module = importlib.import_module(f"stnkit.reproduce.{args.experiment}")
-    if args.budget not in module.BUDGETS:
-        raise ValueError(f"reproduce {args.experiment} has no {args.budget!r} budget; choose one of "
-                         f"{', '.join(module.BUDGETS)}")
-    progress = progress_default() if args.progress is None else args.progress
-    overrides = {"threads": args.threads} if args.threads else None
+    from stnkit.reproduce import run as run_experiment
+
+    experiment = _experiments()[args.experiment]
+    options = run_options(args)
+    budget = experiment.budget(args.budget, log=print)  # an unknown or foreign budget fails here, before training
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = args.out or f"results/{args.experiment}"
-    print(f"stnkit reproduce {args.experiment}: {args.budget} budget, output {out}")
-    table = module.run(out, budget=args.budget, cells=args.cells, seeds=args.seeds, data_dir=args.data_dir,
-                       progress=progress, figures=args.figures, overrides=overrides)
-    print(f"{len(table.get('cells', []))} cells finished; tables in {out}/{args.experiment}.md and .json")
+    print(f"stnkit reproduce {args.experiment}: {budget.name} budget, output {options['out']}")
+    table = run_experiment(experiment, **{**options, "budget": budget.name})
+    print(f"{len(table.get('cells', []))} cells finished; tables in {options['out']}/{args.experiment}.md and .json")
     return 0

@@ -6,33 +6,20 @@ each seeing both channels and warping both, outputs concatenated into 4 channels
 affine, projective and 16-point TPS transformers: 8 cells, all trained by :func:`stnkit.training.fit` with the same
 parameter budget (400k: two ST-FCN localisation nets on 2x42x42 inputs take 230k). Figure: what each of the two
 parallel transformers attends to.
-
-Budgets: ``smoke`` (seconds per cell, for tests); ``cpu`` (the fast CPU recipe with the localisation learning rate
-at x1, 10,000 steps of batch 128 per cell: about 2.5 hours for the 8 cells on one core of the project's 2-core
-machine, half of it the CNN; measured rates in :data:`BUDGETS`); ``paper`` (App. A.4's SGD recipe, 150k
-iterations, 3 seeds).
-
-Probes (1,000 validation / 2,000 test images, one seed): with the ``cpu`` recipe's 3x localisation learning rate
-the 2xST-FCN (affine) diverged: both localisation nets regressed |theta| of 20-100, every transformer output was
-blank and the validation error stayed at 90.1 % (the most frequent sum) for all 8,000 steps. With x1 it learns,
-slowly: 90.4 / 89.2 / 85.5 / 84.9 % validation error at steps 1,000-4,000 (with x3 and ``bound=1`` 87 %); the
-FCN is at 86-89 % after 1,500-3,000 steps (chance: 89-95 % depending on the sum's frequency). Addition is learned
-far more slowly than single digits (the paper trains 150k iterations of 256).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+from stnkit.reproduce.experiment import Budget, Cell, Experiment, budget_recipe
+from stnkit.reproduce.results import atomic_write_text, code_line, fmt, markdown_table, recipe_text, trained_model
 
-__all__ = ["BUDGETS", "CELLS", "PAPER", "attention_shares", "branch_ink", "run", "write_outputs"]
+__all__ = ["EXPERIMENT", "PAPER", "attention_shares", "branch_ink", "parallel_panels", "render_markdown"]
 
 NAME = "addition"
 TRANSFORMS = ("affine", "projective", "tps")
@@ -48,110 +35,33 @@ PAPER: dict[str, float] = {
 }
 PAPER_NOTE = {**{f"st-fcn-{t}": "best single ST-FCN" for t in TRANSFORMS},
               **{f"st-fcn-x2-{t}": "secondary" for t in TRANSFORMS}}
+_BASE = {"dataset": NAME, "param_budget": PARAM_BUDGET}
+CELLS = (
+    Cell("fcn", "FCN", {**_BASE, "model": "fcn"}, PAPER["fcn"]),
+    Cell("cnn", "CNN", {**_BASE, "model": "cnn"}, PAPER["cnn"]),
+    *(Cell(f"{model}-{t}", f"{label} {T_LABEL[t]}", {**_BASE, "model": model, "transform": t}, PAPER[f"{model}-{t}"])
+      for model, label in (("st-fcn", "ST-FCN"), ("st-fcn-x2", "2xST-FCN")) for t in TRANSFORMS),
+)
+
+#: ``cpu-60k``: the fast CPU recipe at localisation lr x1, 60,000 steps of batch 128 for the FCN-type cells and
+#: 10,000 for the CNN (measured step costs and why: ``results/addition/NOTES.md``); ``paper``: App. A.4's SGD recipe,
+#: 150k iterations, 3 seeds.
+BUDGETS = (
+    Budget("smoke", {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
+                     "test_subset": 128, "val_size": 64}),
+    Budget("cpu-60k", {"recipe": "cpu", "steps": 60_000, "eval_every": 2000, "loc_lr_scale": 1.0},
+           {"cnn": {"steps": 10_000, "eval_every": 1000}}, aliases=("cpu",)),
+    Budget("paper", {"recipe": "paper"}, seeds=3),
+)
 
 
-def _cells() -> list[FitCell]:
-    base = {"dataset": NAME, "param_budget": PARAM_BUDGET}
-    cells = [FitCell("fcn", "FCN", {**base, "model": "fcn"}, PAPER["fcn"]),
-             FitCell("cnn", "CNN", {**base, "model": "cnn"}, PAPER["cnn"])]
-    for model, label in (("st-fcn", "ST-FCN"), ("st-fcn-x2", "2xST-FCN")):
-        cells += [FitCell(f"{model}-{t}", f"{label} {T_LABEL[t]}", {**base, "model": model, "transform": t},
-                          PAPER[f"{model}-{t}"]) for t in TRANSFORMS]
-    return cells
-
-
-CELLS = _cells()
-
-#: TrainConfig fields per budget (:data:`CELL_FIELDS` adds per-cell ones). ``cpu``: measured on the 2-core machine
-#: (1 thread), a training step of batch 128 takes about 0.02-0.03 s for the FCN, ST-FCN and 2xST-FCN (any transform)
-#: and about 1 s for the CNN (400k parameters: conv widths 47/94), data generation included. At 10,000 steps every
-#: FCN-type model was still near chance (FCN 81 %, ST-FCN 71-78 %, 2xST-FCN 78-83 %, one-cycle peak at step 2,000;
-#: two of the three 2xST-FCNs had a branch leave the image): the FCN-type cells train for 60,000 steps (about 20-30
-#: minutes each), the CNN for 10,000 (about 2.5 hours: the most compute of any cell still).
-BUDGETS: dict[str, dict[str, Any]] = {
-    "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
-              "test_subset": 128, "val_size": 64},
-    "cpu": {"recipe": "cpu", "steps": 60_000, "eval_every": 2000, "loc_lr_scale": 1.0},
-    "paper": {"recipe": "paper"},
-}
-#: Per budget, per cell key: TrainConfig fields that replace the budget's (recorded in the cell's result).
-CELL_FIELDS: dict[str, dict[str, dict[str, Any]]] = {"cpu": {"cnn": {"steps": 10_000, "eval_every": 1000}}}
-DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
-#: What the markdown says about a budget's choices (measured; the first cpu budget's cells are in ``first-10k/``).
-BUDGET_NOTES = {
-    "cpu": "The CNN trains 10,000 steps, the FCN-type models 60,000: a CNN step costs about 40x an FCN's, so the "
-           "CNN still gets the most compute. A first cpu budget trained every cell 10,000 steps (one-cycle peak at "
-           "step 2,000): the FCN-type models stayed near chance (FCN 81 %, ST-FCN 71-78 %, 2xST-FCN 78-83 %, one "
-           "branch of two 2xST-FCNs outside the image); its cells are kept in `first-10k/`.",
-}
-
-
-def run(
-    out: str | Path = "results/addition",
-    budget: str = "cpu",
-    cells: Sequence[str] | None = None,
-    seeds: int | None = None,
-    data_dir: str | None = None,
-    progress: bool = True,
-    figures: bool = True,
-    overrides: dict[str, Any] | None = None,
-    log=print,
-) -> dict[str, Any]:
-    """Train and test the selected cells (skipping finished ones), then write the table and the figure.
-
-    Args:
-        out: output folder (``addition.json``, ``addition.md``, ``fig_addition.png``, ``cells/``).
-        budget: ``"smoke"``, ``"cpu"`` or ``"paper"`` (see :data:`BUDGETS`).
-        cells: shell patterns over the cell keys (``fcn``, ``cnn``, ``st-fcn-affine``, ``st-fcn-x2-*`` ...).
-        seeds: seeds per cell (averaged); default 1 (3 for ``paper``).
-        data_dir: MNIST folder (default ``$STNKIT_DATA``, then the cache).
-        progress: progress bars.
-        figures: draw the parallel transformers' figure.
-        overrides: extra TrainConfig fields for every cell (e.g. ``{"threads": 2}``).
-        log: where progress lines go.
-
-    Returns:
-        The table as written to ``addition.json``.
-    """
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
-    out = Path(out)
-    chosen = [_with_budget_fields(c, budget) for c in select(CELLS, cells, NAME)]
-    run_fit_cells(out, chosen, budget, BUDGETS[budget], seeds or DEFAULT_SEEDS[budget],
-                  data_dir, progress, overrides, log, after_cell=lambda: write_outputs(out, budget, figures=False))
-    return write_outputs(out, budget, figures=figures, data_dir=data_dir)
-
-
-def _with_budget_fields(cell: FitCell, budget: str) -> FitCell:
-    extra = CELL_FIELDS.get(budget, {}).get(cell.key, {})
-    if not extra:
-        return cell
-    return FitCell(cell.key, cell.label, {**cell.fields, **extra}, cell.paper, {**cell.info, "cell_fields": extra})
-
-
-def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: str | None = None
-                  ) -> dict[str, Any]:
-    """(Re)write ``addition.json`` and ``addition.md`` (and the figure) from the finished cells in ``out``."""
-    out = Path(out)
-    store = CellStore(out)
-    finished = store.finished(c.key for c in CELLS)
-    table: dict[str, Any] = {"budget": budget, "recipe": _recipe_summary(budget), "param_budget": PARAM_BUDGET,
-                             "cell_fields": CELL_FIELDS.get(budget, {}),
-                             "cells": store.table_cells(c.key for c in CELLS)}
+def _describe(out: Path, budget: Budget) -> dict[str, Any]:
+    table: dict[str, Any] = {"recipe": budget_recipe(budget.fields), "param_budget": PARAM_BUDGET,
+                             "cell_fields": dict(budget.overrides)}
     shares_path = out / "attention_shares.json"
-    if figures:
-        shares = _figure(out, finished, data_dir)
-        if shares is not None:
-            atomic_write_text(shares_path, json.dumps(shares, indent=2) + "\n")
     if shares_path.exists():
         table["attention_shares"] = json.loads(shares_path.read_text())
-    atomic_write_text(out / f"{NAME}.json", json.dumps(table, indent=2) + "\n")
-    atomic_write_text(out / f"{NAME}.md", render_markdown(table))
     return table
-
-
-def _recipe_summary(budget: str) -> dict[str, Any]:
-    return budget_recipe(BUDGETS[budget])
 
 
 def render_markdown(table: dict[str, Any]) -> str:
@@ -160,15 +70,11 @@ def render_markdown(table: dict[str, Any]) -> str:
     r = table["recipe"]
     lines = [
         "# MNIST addition reproduction (App. A.1): test error (%)\n",
-        f"Budget **{table['budget']}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
-        f"batch {r['batch_size']}, {r['steps']} iterations per cell{_cell_fields_text(table)}, localisation lr "
-        f"x{r['loc_lr_scale']:g}; every "
-        f"model ~{table['param_budget']:,} "
+        f"{recipe_text(table['budget'], r)}, {r['steps']} iterations per cell{_cell_fields_text(table)}, "
+        f"localisation lr x{r['loc_lr_scale']:g}; every model ~{table['param_budget']:,} "
         "parameters; ST outputs 21x21 (halved as for RTS). Input: two 42x42 channels with independently RTS-"
         "distorted digits; target: their sum (19 classes).\n",
     ]
-    if table["budget"] in BUDGET_NOTES:
-        lines.append(BUDGET_NOTES[table["budget"]] + "\n")
     rows = []
     for c in CELLS:
         res = by_key.get(c.key)
@@ -194,9 +100,7 @@ def render_markdown(table: dict[str, Any]) -> str:
                      + ", ".join(_share_text(i, s, ink) for i, (s, ink) in
                                  enumerate(zip(shares["channel1_share"], shares.get("ink") or inks_unknown)))
                      + ". Figure: `fig_addition.png`.\n")
-    lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. Code: stnkit "
-                 f"{', '.join(sorted({c['version'] for c in table['cells']})) or '—'}, commit(s) "
-                 f"{', '.join(sorted({c['commit'] for c in table['cells']})) or '—'}.\n")
+    lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. {code_line(table['cells'])}\n")
     return "\n".join(lines)
 
 
@@ -292,75 +196,61 @@ def _ink_stats(model: Any, images: torch.Tensor) -> tuple[list[float | None], li
             [round(float(r), 3) for r in relative], int(apart.sum()))
 
 
-def _figure(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6
-            ) -> dict[str, Any] | None:
-    """Draw the best finished 2xST-FCN's branches on test inputs; return its attention shares."""
-    x2 = [finished[k] for k in (f"st-fcn-x2-{t}" for t in TRANSFORMS) if k in finished]
-    run_dir = None
-    for cell in sorted(x2, key=lambda c: c["error"]):
-        candidate = out / "cells" / cell["key"] / "s0"
-        if (candidate / "checkpoints" / "last.ckpt").exists():
-            run_dir, key = candidate, cell["key"]
+def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6) -> None:
+    """Draw the best finished 2xST-FCN's branches on test inputs; write its attention shares."""
+    for cell in sorted((finished[c.key] for c in CELLS if c.key.startswith("st-fcn-x2") and c.key in finished),
+                       key=lambda c: c["error"]):
+        loaded = trained_model(out, cell["key"])
+        if loaded is not None:
             break
-    if run_dir is None:
-        return None
-    from stnkit.training import load_checkpoint
-    from stnkit.viz import _test_images
+    else:
+        return
+    from stnkit.viz import load_test_images, panel_figure
 
-    lit, config, _ = load_checkpoint(run_dir)
-    images, labels = _test_images(config, 500, data_dir)
-    shares, ink, apart = _ink_stats(lit.model, images)
-    fig = parallel_figure(lit.model, images[:n], labels[:n], f"{key}: each branch's region on the input and its\n"
-                          "output (branch 1 cyan, 2 pink; first digit red, second green)")
-    fig.savefig(out / "fig_addition.png", dpi=90)
-    return {"cell": key, "n": int(images.shape[0]), "n_apart": apart, "channel1_share": shares, "ink": ink}
-
-
-def _rgb(two: torch.Tensor) -> torch.Tensor:
-    """(2, H, W) -> (3, H, W): channel 1 red, channel 2 green."""
-    return torch.cat([two, torch.zeros_like(two[:1])]).clamp(0, 1)
+    model, config = loaded
+    images, labels = load_test_images(config, 500, data_dir)
+    shares, ink, apart = _ink_stats(model, images)
+    panel_figure(parallel_panels(model, images[:n], labels[:n]),
+                 f"{cell['key']}: each branch's region on the input and its\noutput (branch 1 cyan, 2 pink; first "
+                 "digit red, second green)", size=(1.7, 1.8)).savefig(out / "fig_addition.png", dpi=90)
+    shares_record = {"cell": cell["key"], "n": int(images.shape[0]), "n_apart": apart, "channel1_share": shares,
+                     "ink": ink}
+    atomic_write_text(out / "attention_shares.json", json.dumps(shares_record, indent=2) + "\n")
 
 
-def parallel_figure(model: Any, images: torch.Tensor, labels: torch.Tensor | None, title: str) -> Any:
-    """Draw each 2-channel input with every branch's attended region, then each branch's output.
+def parallel_panels(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> list[list[Any]]:
+    """Panels per 2-channel input: the input with every branch's attended region, then each branch's output.
 
     Args:
         model: a :class:`~stnkit.models.addition.ParallelSTClassifier`.
         images: inputs (N, 2, H, W).
-        labels: optional sums (N,) for the panel titles.
-        title: figure title.
+        labels: optional sums (N,) for the input panels' titles.
 
     Returns:
-        A matplotlib ``Figure``.
+        One row of :class:`stnkit.viz.Panel` per input (for :func:`stnkit.viz.panel_figure`).
     """
-    from matplotlib.figure import Figure
-
-    from stnkit.viz import _imshow, attended_region
+    from stnkit.viz import Panel, attended_region
 
     model.eval()
     with torch.no_grad():
-        merged, params = model.transform(images)
+        merged, params = model.transform(images)  # (N, 2k, H_out, W_out): branch b = channels 2b, 2b + 1
         preds = model(images).argmax(1)
     branches = model.transformers.branches
     colours = ("tab:cyan", "tab:pink", "tab:olive", "tab:orange")
-    n, k = images.shape[0], len(branches)
     h, w = images.shape[2:]
-    fig = Figure(figsize=(1.7 * (1 + k), 1.8 * n + 0.5), layout="constrained")
-    axes = fig.subplots(n, 1 + k, squeeze=False)
-    for i in range(n):
-        _imshow(axes[i, 0], _rgb(images[i]))
-        for b, st in enumerate(branches):
-            region = attended_region(st.transform, params[b][i:i + 1].float(), (h, w), align_corners=st.align_corners)
-            axes[i, 0].plot(region[0, :, 0], region[0, :, 1], color=colours[b % 4], lw=1.2)
-            _imshow(axes[i, 1 + b], _rgb(merged[i, 2 * b:2 * b + 2]))
-        axes[i, 0].set_xlim(-0.5, w - 0.5)
-        axes[i, 0].set_ylim(h - 0.5, -0.5)
-        if labels is not None:
-            axes[i, 0].set_title(f"sum {int(labels[i])}, pred {int(preds[i])}", fontsize=8)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    for b in range(k):
-        axes[0, 1 + b].set_title(f"branch {b + 1}", fontsize=8, color=colours[b % 4])
-    fig.suptitle(title, fontsize=9)
-    return fig
+    regions = [attended_region(st.transform, params[b].float(), (h, w), align_corners=st.align_corners)
+               for b, st in enumerate(branches)]  # per branch (N, M, 2)
+    rows = []
+    for i in range(images.shape[0]):
+        outlines = tuple((regions[b][i], {"color": colours[b % 4], "lw": 1.2}) for b in range(len(branches)))
+        title = f"sum {int(labels[i])}, pred {int(preds[i])}" if labels is not None else ""
+        rows.append([Panel(images[i], outlines, title=title),
+                     *(Panel(merged[i, 2 * b:2 * b + 2], title=f"branch {b + 1}" if i == 0 else "",
+                             title_color=colours[b % 4]) for b in range(len(branches)))])
+    return rows
+
+
+EXPERIMENT = Experiment(
+    name=NAME, title="App. A.1: MNIST addition, FCN/CNN/ST-FCN/2xST-FCN", cells=CELLS, budgets=BUDGETS,
+    default_budget="cpu-60k", render=render_markdown, describe=_describe, figures=_figures,
+)

@@ -10,35 +10,22 @@ canvas (24 crops: the same clutter density). Cells per canvas: the CNN on the fu
 places a 30x30 or 20x20 crop; the same CNN widths on the crop). Reported side by side from one run: test error, and
 the measured training and inference time per image of every model (timed back to back in the same process,
 interleaved, best of several batches).
-
-Budgets: ``smoke`` (seconds, for tests); ``cpu`` (the fast CPU recipe with batch 64: 1,500 steps for the CNNs and
-6,000 for the attention models, whose steps cost 3-10x less, so that no attention model trains much longer than
-the CNN it is compared with: equal compute, not equal steps, is the comparison that matters for efficiency; the
-table states both trainings' compute per pair. About 50 minutes for the 6 cells on one core of the project's 2-core
-machine; see :data:`BUDGETS`); ``paper`` (App. A.4's SGD recipe, 150k iterations for every cell, 3 seeds).
-
-The first ``cpu`` run used the ST-CNN's fully-connected localisation net (``localization="cnn"``): fine at 60x60
-(3.47 % at crop 30), but at 120x120 its units died within 500-1,000 steps and every image got the same crop
-(21.4 % / 55.5 % error, against the CNN's 7.41 %); a window made to zoom in from the whole image did not help
-(probes: dead from step 1,000 at crop 20, 72 % validation error at step 2,000 at crop 30). Those cells are kept in
-``results/attention/fc-localisation``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stnkit.reproduce.cells import FitCell, budget_recipe, run_fit_cells, select
-from stnkit.reproduce.results import CellStore, atomic_write_text, fmt, markdown_table
+from stnkit.reproduce.experiment import Budget, Cell, Experiment, budget_recipe
+from stnkit.reproduce.results import atomic_write_text, fmt, markdown_table, recipe_text, transformer_figure
 
-__all__ = ["BUDGETS", "CELLS", "run", "time_model", "timings", "write_outputs"]
+__all__ = ["EXPERIMENT", "efficiency_checks", "render_markdown", "time_model", "timings"]
 
 NAME = "attention"
 CHANNELS = [16, 32]  # the conv widths of every classifier here: like-for-like compute
@@ -50,95 +37,37 @@ CROPS = (30, 20)
 PAPER = {"tc60-cnn": 3.5, **{f"tc60-st-crop{c}": 1.7 for c in CROPS}}
 
 
-def _cells() -> list[FitCell]:
-    cells = []
-    for size, extra in CANVASES.items():
-        base = {"dataset": "tc", "distortion": {"canvas_size": size, **extra}}
-        cells.append(FitCell(f"tc{size}-cnn", f"CNN on {size}x{size}", {**base, "model": "cnn",
-                             "model_kwargs": {"channels": CHANNELS}}, PAPER.get(f"tc{size}-cnn"),
-                             {"canvas": size, "crop": None}))
-        for crop in CROPS:
-            key = f"tc{size}-st-crop{crop}"
-            cells.append(FitCell(key, f"ST-CNN, {crop}x{crop} crop of {size}x{size}",
-                                 {**base, "model": "st-cnn-attention", "transform": "attention",
-                                  # the crop is the classifier's input: no Table 1 TC halving on top of it
-                                  "model_kwargs": {"channels": CHANNELS, "crop": crop, "st_downsample": None,
-                                                   "localization": "heatmap"}},
-                                 PAPER.get(key),
-                                 {"canvas": size, "crop": crop}))
-    return cells
+def _cells(size: int) -> list[Cell]:
+    base = {"dataset": "tc", "distortion": {"canvas_size": size, **CANVASES[size]}}
+    cnn = Cell(f"tc{size}-cnn", f"CNN on {size}x{size}",
+               {**base, "model": "cnn", "model_kwargs": {"channels": CHANNELS}}, PAPER.get(f"tc{size}-cnn"),
+               {"canvas": size, "crop": None})
+    # the crop is the classifier's input: no Table 1 TC halving on top of it
+    return [cnn, *(Cell(f"tc{size}-st-crop{crop}", f"ST-CNN, {crop}x{crop} crop of {size}x{size}",
+                        {**base, "model": "st-cnn-attention", "transform": "attention",
+                         "model_kwargs": {"channels": CHANNELS, "crop": crop, "st_downsample": None,
+                                          "localization": "heatmap"}},
+                        PAPER.get(f"tc{size}-st-crop{crop}"), {"canvas": size, "crop": crop}) for crop in CROPS)]
 
 
-CELLS = _cells()
+CELLS = tuple(c for size in CANVASES for c in _cells(size))
 
-#: TrainConfig fields per budget. ``cpu``: measured on the 2-core machine (1 thread, shared with other work), a
-#: batch-64 step takes 0.75-0.9 s for the 120x120 CNN (about 21 minutes for 1,500 steps), 0.24 s for the 60x60 CNN
-#: (6 minutes) and 0.04-0.07 s for the attention models (3-7 minutes for 6,000), data generation included.
-#: ``st_steps`` (not a TrainConfig field): the attention models' steps where they differ from the CNNs'.
-#: Localisation lr x1 for the heatmap localisation (probes at 120x120, crop 20, 3,000 steps: 3.6 % validation
-#: error at x1, 4.0 % at x0.3). The fully-connected localisation net needed x0.3 (``results/attention/loc-lr``:
-#: at x3 and x1 it died at 60x60 too), and at 120x120 it died at x0.3 as well.
-BUDGETS: dict[str, dict[str, Any]] = {
-    "smoke": {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
-              "test_subset": 128, "val_size": 64},
-    "cpu": {"recipe": "cpu", "steps": 1500, "batch_size": 64, "eval_every": 500, "st_steps": 6000,
-            "loc_lr_scale": 1.0},
-    "paper": {"recipe": "paper"},
-}
-DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 3}
-TIMING = {"smoke": {"batch": 4, "repeats": 1}, "cpu": {"batch": 64, "repeats": 10},
+#: ``cpu-1.5k``: the fast CPU recipe with batch 64, localisation lr x1: 1,500 steps for the CNNs and 6,000 for the
+#: attention models, whose steps cost 3-10x less (equal compute, not equal steps; measured costs and why:
+#: ``results/attention/NOTES.md``); ``paper``: App. A.4's SGD recipe, 150k iterations for every cell, 3 seeds.
+BUDGETS = (
+    Budget("smoke", {"recipe": "smoke", "steps": 4, "eval_every": 2, "train_subset": 256, "val_subset": 64,
+                     "test_subset": 128, "val_size": 64}),
+    Budget("cpu-1.5k", {"recipe": "cpu", "steps": 1500, "batch_size": 64, "eval_every": 500, "loc_lr_scale": 1.0},
+           {"*-st-*": {"steps": 6000}}, aliases=("cpu",)),
+    Budget("paper", {"recipe": "paper"}, seeds=3),
+)
+#: per budget: images per timed batch and timed rounds
+TIMING = {"smoke": {"batch": 4, "repeats": 1}, "cpu-1.5k": {"batch": 64, "repeats": 10},
           "paper": {"batch": 64, "repeats": 10}}
 
 
-def run(
-    out: str | Path = "results/attention",
-    budget: str = "cpu",
-    cells: Sequence[str] | None = None,
-    seeds: int | None = None,
-    data_dir: str | None = None,
-    progress: bool = True,
-    figures: bool = True,
-    overrides: dict[str, Any] | None = None,
-    log=print,
-) -> dict[str, Any]:
-    """Train and test the selected cells (skipping finished ones), time every model, write tables and figures.
-
-    Args:
-        out: output folder (``attention.json``, ``attention.md``, ``timing.json``, ``fig_attention_*.png``).
-        budget: ``"smoke"``, ``"cpu"`` or ``"paper"`` (see :data:`BUDGETS`).
-        cells: shell patterns over the cell keys (``tc120-*``, ``*-cnn``, ``tc60-st-crop20`` ...).
-        seeds: seeds per cell (averaged); default 1 (3 for ``paper``).
-        data_dir: MNIST folder (default ``$STNKIT_DATA``, then the cache).
-        progress: progress bars.
-        figures: draw the crops the transformers choose.
-        overrides: extra TrainConfig fields for every cell (e.g. ``{"threads": 2}``).
-        log: where progress lines go.
-
-    Returns:
-        The table as written to ``attention.json``.
-    """
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
-    out = Path(out)
-    chosen = [_budget_cell(c, budget) for c in select(CELLS, cells, NAME)]
-    fields = {k: v for k, v in BUDGETS[budget].items() if k != "st_steps"}
-    run_fit_cells(out, chosen, budget, fields, seeds or DEFAULT_SEEDS[budget], data_dir, progress,
-                  overrides, log, after_cell=lambda: write_outputs(out, budget, figures=False))
-    log(f"timing {len(CELLS)} models back to back (train step and inference, per image)")
-    timing = timings(CELLS, **TIMING[budget])
-    atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
-    return write_outputs(out, budget, figures=figures, data_dir=data_dir)
-
-
-def _budget_cell(cell: FitCell, budget: str) -> FitCell:
-    """The cell with the budget's attention-model steps (``st_steps``) where it is an attention model."""
-    st_steps = BUDGETS[budget].get("st_steps")
-    if st_steps is None or cell.fields["model"] == "cnn":
-        return cell
-    return replace(cell, fields={**cell.fields, "steps": st_steps})
-
-
-def _build(cell: FitCell) -> torch.nn.Module:
+def _build(cell: Cell) -> torch.nn.Module:
     from stnkit.models import create
 
     f = cell.fields
@@ -170,7 +99,7 @@ def time_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
     return {"train_ms": (t1 - t0) * 1000 / n, "infer_ms": (t2 - t1) * 1000 / n}
 
 
-def timings(cells: Sequence[FitCell], batch: int = 64, repeats: int = 10) -> dict[str, Any]:
+def timings(cells: Sequence[Cell], batch: int = 64, repeats: int = 10) -> dict[str, Any]:
     """Time every cell's model back to back in this process: interleaved rounds, best round per model.
 
     The timing does not depend on the weights, so fresh models are timed; one warm-up round is discarded.
@@ -205,28 +134,16 @@ def timings(cells: Sequence[FitCell], batch: int = 64, repeats: int = 10) -> dic
     }
 
 
-def write_outputs(out: str | Path, budget: str, figures: bool = True, data_dir: str | None = None
-                  ) -> dict[str, Any]:
-    """(Re)write ``attention.json`` and ``attention.md`` (and the figures) from the finished cells in ``out``."""
-    out = Path(out)
-    store = CellStore(out)
-    finished = store.finished(c.key for c in CELLS)
+def _time_all(out: Path, budget: Budget, log: Callable[[str], Any]) -> None:
+    log(f"timing {len(CELLS)} models back to back (train step and inference, per image)")
+    atomic_write_text(out / "timing.json", json.dumps(timings(CELLS, **TIMING[budget.name]), indent=2) + "\n")
+
+
+def _describe(out: Path, budget: Budget) -> dict[str, Any]:
+    recipe = budget_recipe(budget.fields)
     timing_path = out / "timing.json"
-    table: dict[str, Any] = {
-        "budget": budget, "recipe": _recipe_summary(budget), "channels": CHANNELS,
-        "cells": store.table_cells(c.key for c in CELLS),
-        "timing": json.loads(timing_path.read_text()) if timing_path.exists() else None,
-    }
-    if figures:
-        _figures(out, finished, data_dir)
-    atomic_write_text(out / f"{NAME}.json", json.dumps(table, indent=2) + "\n")
-    atomic_write_text(out / f"{NAME}.md", render_markdown(table))
-    return table
-
-
-def _recipe_summary(budget: str) -> dict[str, Any]:
-    recipe = budget_recipe(BUDGETS[budget])
-    return {**recipe, "st_steps": BUDGETS[budget].get("st_steps", recipe["steps"])}
+    return {"recipe": {**recipe, "st_steps": budget.fields_for(CELLS[1]).get("steps", recipe["steps"])},
+            "channels": CHANNELS, "timing": json.loads(timing_path.read_text()) if timing_path.exists() else None}
 
 
 def render_markdown(table: dict[str, Any]) -> str:
@@ -237,15 +154,12 @@ def render_markdown(table: dict[str, Any]) -> str:
     t = table.get("timing") or {}
     lines = [
         "# Attention for efficiency: a transformer's crop vs the full-resolution CNN\n",
-        f"Budget **{table['budget']}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
-        f"batch {r['batch_size']}, {r['steps']} iterations per CNN and {r.get('st_steps', r['steps'])} per attention "
-        "model (whose steps are cheaper; the checks below give both trainings' compute at the timed costs), "
-        f"localisation lr x{r['loc_lr_scale']:g}. "
-        "Translated + cluttered MNIST (6x6 clutter at "
+        f"{recipe_text(table['budget'], r)}, {r['steps']} iterations per CNN and {r.get('st_steps', r['steps'])} "
+        "per attention model (whose steps are cheaper; the checks below give both trainings' compute at the timed "
+        f"costs), localisation lr x{r['loc_lr_scale']:g}. Translated + cluttered MNIST (6x6 clutter at "
         f"the density of Table 1's TC). Every classifier is the Table 1 CNN with conv widths {table['channels']}; "
         "the attention models' localisation is a score map on a ~30x30 pooled input, the crop centred at its "
-        "soft-argmax (the paper's fully-connected localisation net failed at 120x120: `fc-localisation/`). Times: "
-        "ms per image, "
+        "soft-argmax. Times: ms per image, "
         + (f"measured back to back in one process ({t.get('threads')} threads, batch {t.get('batch')}, best of "
            f"{t.get('repeats')} interleaved rounds)" if t else "not measured yet")
         + "; the paper's reference for 60x60 is Table 1's TC (CNN 3.5 %, ST-CNN 1.7 %).\n",
@@ -304,28 +218,16 @@ def _compute_note(st: dict[str, Any], cnn: dict[str, Any], t_st: dict[str, float
             "training compute)")
 
 
-def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6) -> list[Path]:
+def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None, n: int = 6) -> None:
     """Draw, per canvas, the crops the finished attention models read on the same test inputs."""
-    from stnkit.reproduce.figures import transformer_rows
-    from stnkit.training import load_checkpoint
-    from stnkit.viz import _test_images
-
-    written = []
     for size in CANVASES:
-        rows, images = [], None
-        for crop in CROPS:
-            key = f"tc{size}-st-crop{crop}"
-            run_dir = out / "cells" / key / "s0"
-            if key not in finished or not (run_dir / "checkpoints" / "last.ckpt").exists():
-                continue
-            lit, config, _ = load_checkpoint(run_dir)
-            if images is None:
-                images, _labels = _test_images(config, n, data_dir)
-            rows.append((f"crop {crop}", lit.model))
-        if rows and images is not None:
-            fig = transformer_rows(rows, images, f"TC {size}x{size}: the attended crop (red) and what the "
-                                   "classifier reads")
-            path = out / f"fig_attention_{size}.png"
-            fig.savefig(path, dpi=90)
-            written.append(path)
-    return written
+        rows = [(f"crop {crop}", f"tc{size}-st-crop{crop}") for crop in CROPS if f"tc{size}-st-crop{crop}" in finished]
+        transformer_figure(out, rows, out / f"fig_attention_{size}.png", f"TC {size}x{size}: the attended crop (red) "
+                           "and what the classifier reads", n, data_dir)
+
+
+EXPERIMENT = Experiment(
+    name=NAME, title="attention for efficiency: an ST crop + small CNN vs a CNN on the full TC input (error and time)",
+    cells=CELLS, budgets=BUDGETS, default_budget="cpu-1.5k", render=render_markdown, describe=_describe,
+    after_cells=_time_all, figures=_figures,
+)

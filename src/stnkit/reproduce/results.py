@@ -18,7 +18,8 @@ from typing import Any
 import stnkit
 from stnkit.files import atomic_write_text
 
-__all__ = ["CellStore", "atomic_write_text", "fmt", "markdown_table", "provenance", "st_health", "val_curve"]
+__all__ = ["CellStore", "atomic_write_text", "code_line", "fmt", "markdown_table", "provenance", "recipe_text",
+           "st_health", "trained_model", "transformer_figure", "val_curve"]
 
 
 def provenance() -> dict[str, Any]:
@@ -88,6 +89,60 @@ def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "—"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def recipe_text(budget: str, r: dict[str, Any]) -> str:
+    """``Budget **cpu-3k**: recipe `cpu` — adam lr 0.003 (onecycle), batch 128``: a table's opening words."""
+    return (f"Budget **{budget}**: recipe `{r['name']}` — {r['optimizer']} lr {r['lr']} ({r['scheduler']}), "
+            f"batch {r['batch_size']}")
+
+
+def code_line(cells: Sequence[dict[str, Any]]) -> str:
+    """``Code: stnkit 0.1.0, commit(s) abc, def.``: the versions and commits the finished cells came from."""
+    return (f"Code: stnkit {', '.join(sorted({c['version'] for c in cells})) or '—'}, commit(s) "
+            f"{', '.join(sorted({c['commit'] for c in cells})) or '—'}.")
+
+
+def trained_model(out: str | os.PathLike, key: str) -> tuple[Any, Any] | None:
+    """Return ``(model, TrainConfig)`` of a cell's first seed from its last checkpoint, or None without one."""
+    run_dir = CellStore(out).cell_dir(key) / "s0"
+    if not (run_dir / "checkpoints" / "last.ckpt").exists():
+        return None
+    from stnkit.training import load_checkpoint  # Lightning: only when drawing from a checkpoint
+
+    lit, config, _ = load_checkpoint(run_dir)
+    return lit.model, config
+
+
+def transformer_figure(out: str | os.PathLike, rows: Sequence[tuple[str, str]], path: str | os.PathLike, title: str,
+                       n: int = 6, data_dir: str | None = None) -> bool:
+    """Draw finished cells' transformers on the same test inputs (:func:`stnkit.viz.transformer_rows`) into ``path``.
+
+    Args:
+        out: the experiment's output folder.
+        rows: ``(row label, cell key)``; cells without a checkpoint are left out.
+        path: the image file.
+        title: figure title.
+        n: test inputs per row.
+        data_dir: MNIST folder (default: each run's).
+
+    Returns:
+        Whether a figure was written (False when no cell has a checkpoint).
+    """
+    from stnkit.viz import load_test_images, transformer_rows
+
+    models, images = [], None
+    for label, key in rows:
+        loaded = trained_model(out, key)
+        if loaded is None:
+            continue
+        if images is None:
+            images, _ = load_test_images(loaded[1], n, data_dir)
+        models.append((label, loaded[0]))
+    if images is None:
+        return False
+    transformer_rows(models, images, title).savefig(path, dpi=90)
+    return True
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

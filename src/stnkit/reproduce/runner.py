@@ -1,0 +1,186 @@
+"""The one runner of every reproduction: cells x seeds, resumable per cell, locked, provenance per cell.
+
+Each finished cell writes ``<out>/cells/<key>/result.json``; a rerun skips it (and says so) and resumes an
+interrupted one from its seeds' runs. ``<out>/budget.json`` keeps one budget per folder, and ``<out>/<name>.json`` /
+``<name>.md`` are rewritten after every cell, the markdown ending with ``<out>/NOTES.md`` verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from stnkit.reproduce.experiment import Budget, Cell, Experiment, SeedRun
+from stnkit.reproduce.results import CellStore, atomic_write_text, provenance
+
+__all__ = ["check_budget", "claim", "run", "run_cell", "write_outputs"]
+
+
+def check_budget(out: Path, budget: Budget) -> None:
+    """Refuse to mix budgets in one output folder (``budget.json`` records the first one used, by any name)."""
+    marker = out / "budget.json"
+    if marker.exists():
+        recorded = json.loads(marker.read_text()).get("budget")
+        if recorded != budget.name and recorded not in budget.aliases:
+            raise ValueError(f"{out} holds results of the {recorded!r} budget; use another --out for "
+                             f"{budget.name!r}")
+    else:
+        atomic_write_text(marker, json.dumps({"budget": budget.name}) + "\n")
+
+
+def claim(cell_dir: Path) -> Path | None:
+    """Take a cell for this process: create ``cell_dir/.lock`` holding our host and pid.
+
+    Two background runs of one reproduction (e.g. one per core, on overlapping cell patterns) must never run the
+    same cell into the same folder. Returns the lock's path (delete it when done), or None when a live process on
+    this host holds it. A lock left by a process that no longer exists (killed) is taken over.
+    """
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    lock = cell_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            host, _, pid = lock.read_text().partition(" ")
+            if host == socket.gethostname() and pid.strip().isdigit() and _alive(int(pid)):
+                return None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}")
+        return lock
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_cell(experiment: Experiment, cell: Cell, budget: Budget, out: Path, n_seeds: int,
+             data_dir: str | None = None, progress: bool = True, overrides: dict[str, Any] | None = None,
+             log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Run every seed of one cell (each resuming where it stopped) and return its result (not saved)."""
+    run_seed = cell.run_seed or experiment.run_seed
+    summarize = cell.summarize or experiment.summarize
+    fields = {**budget.fields_for(cell), **(overrides or {})}
+    cell_dir = CellStore(out).cell_dir(cell.key)
+    seeds = []
+    for seed in range(n_seeds):
+        log(f"{cell.key} seed {seed}: running ({budget.name} budget)")
+        seeds.append(run_seed(SeedRun(cell, seed, fields, cell_dir / f"s{seed}", out, data_dir, progress)))
+    cell_overrides = budget.cell_overrides(cell.key)
+    return {"key": cell.key, "label": cell.label, **summarize(cell, seeds), "seeds": n_seeds, "budget": budget.name,
+            "paper": cell.paper, **({"overrides": cell_overrides} if cell_overrides else {}), **cell.info,
+            **provenance()}
+
+
+def _prefixed(log: Callable[[str], Any], prefix: str) -> Callable[[str], Any]:
+    def prefixed(line: str) -> Any:
+        return log(prefix + line)
+
+    return prefixed
+
+
+def run(
+    experiment: Experiment,
+    out: str | Path | None = None,
+    budget: str | None = None,
+    cells: Sequence[str] | None = None,
+    seeds: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+    figures: bool = True,
+    overrides: dict[str, Any] | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run the selected cells of an experiment (skipping finished ones), then write its tables and figures.
+
+    Args:
+        experiment: what to run.
+        out: output folder (default ``results/<name>``); its ``cells/`` hold every cell's runs and result.
+        budget: a budget's name or old alias (default the experiment's ``default_budget``).
+        cells: ``--cells`` patterns (see :meth:`Experiment.select`); None = all.
+        seeds: seeds per cell (averaged); default the budget's.
+        data_dir: MNIST folder (default ``$STNKIT_DATA``, then the cache).
+        progress: progress bars.
+        figures: draw the figures.
+        overrides: fields for every cell that win over everything (e.g. ``{"threads": 2}``).
+        log: where progress lines go.
+
+    Returns:
+        The table as written to ``<out>/<name>.json``.
+
+    Raises:
+        ValueError: an unknown budget, a pattern matching no cell, seeds < 1, or a folder of another budget.
+    """
+    b = experiment.budget(budget, log)
+    out = Path(out or f"results/{experiment.name}")
+    chosen = experiment.select(cells)
+    n_seeds = seeds or b.seeds
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be >= 1; got {n_seeds}")
+    check_budget(out, b)
+    store = CellStore(out)
+    todo = [*experiment.setup, *chosen]
+    skipped = []
+    for i, cell in enumerate(todo, 1):
+        tag = f"[{i}/{len(todo)}] {cell.key}"
+        want = cell.seeds or n_seeds
+        done = store.load(cell.key)
+        if done is not None and done.get("seeds", 0) >= want:
+            log(f"{tag}: done ({experiment.headline(done)}), skipped")
+            skipped.append(cell.key)
+            continue
+        lock = claim(store.cell_dir(cell.key))
+        if lock is None:
+            log(f"{tag}: being run by another process, skipped")
+            continue
+        t0 = time.time()
+        try:
+            result = run_cell(experiment, cell, b, out, want, data_dir, progress, overrides,
+                              log=_prefixed(log, f"[{i}/{len(todo)}] "))
+        finally:
+            lock.unlink(missing_ok=True)
+        store.save(cell.key, result)
+        log(f"{tag}: {experiment.headline(result)}, {time.time() - t0:.0f} s")
+        if cell not in experiment.setup:
+            write_outputs(experiment, out, b, figures=False)
+    if skipped:
+        log(f"{len(skipped)} cell(s) already done in {out} skipped: {', '.join(skipped)}; to run them again, give "
+            f"another --out (or delete their {out}/cells/<key>/result.json)")
+    if experiment.after_cells is not None:
+        experiment.after_cells(out, b, log)
+    return write_outputs(experiment, out, b, figures=figures, data_dir=data_dir)
+
+
+def write_outputs(experiment: Experiment, out: str | Path, budget: Budget, figures: bool = True,
+                  data_dir: str | None = None) -> dict[str, Any]:
+    """(Re)write ``<name>.json`` and ``<name>.md`` (and the figures) from the finished cells in ``out``.
+
+    The markdown is the experiment's ``render`` of the table followed by ``<out>/NOTES.md`` verbatim, where present.
+    """
+    out = Path(out)
+    store = CellStore(out)
+    keys = [c.key for c in experiment.cells]
+    if figures and experiment.figures is not None:
+        experiment.figures(out, store.finished(keys), data_dir)
+    table = {"budget": budget.name, **(experiment.describe(out, budget) if experiment.describe else {}),
+             "cells": store.table_cells(keys)}
+    atomic_write_text(out / f"{experiment.name}.json", json.dumps(table, indent=experiment.json_indent) + "\n")
+    markdown = experiment.render(table)
+    notes = out / "NOTES.md"
+    if notes.exists():
+        markdown = markdown.rstrip("\n") + "\n\n" + notes.read_text()
+    atomic_write_text(out / f"{experiment.name}.md", markdown)
+    return table

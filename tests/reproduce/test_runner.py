@@ -1,0 +1,180 @@
+"""The one runner on a toy experiment (no training): skip and resume, locks, per-cell overrides, budgets, notes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from stnkit.reproduce import Budget, Cell, Experiment, run, write_outputs
+from stnkit.reproduce.experiment import budget_recipe, select
+from stnkit.reproduce.runner import claim
+from stnkit.training import get_recipe
+
+
+def toy_seed(run):
+    """A seed that 'trains' by writing its fields, and resumes by reading them back."""
+    path = run.run_dir / "seed.json"
+    if path.exists():
+        return {**json.loads(path.read_text()), "resumed": True}
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    result = {"value": run.fields["steps"] * 10 + run.seed, "fields": run.fields}
+    path.write_text(json.dumps(result))
+    return result
+
+
+def toy_summary(cell, seeds):
+    return {"error": sum(s["value"] for s in seeds) / len(seeds), "fields": seeds[0]["fields"],
+            "resumed": [s.get("resumed", False) for s in seeds]}
+
+
+def render(table):
+    return "# toy\n\n" + "".join(f"- {c['key']}: {c['error']}\n" for c in table["cells"])
+
+
+CELLS = (Cell("a-1", "A1", {"lr": 1}, paper=1.0), Cell("a-2", "A2", {"lr": 2}), Cell("b-1", "B1", {"lr": 3}))
+TOY = Experiment(
+    name="toy", title="toy", cells=CELLS, default_budget="small", render=render, run_seed=toy_seed,
+    summarize=toy_summary,
+    budgets=(Budget("small", {"steps": 1, "lr": 0}, {"a-*": {"steps": 2}, "a-2": {"lr": 9}}, aliases=("old",)),
+             Budget("big", {"steps": 5}, seeds=2)),
+)
+
+
+def quiet(*_):
+    return None
+
+
+class TestRun:
+    def test_runs_every_cell_with_the_budget_then_cell_then_override_fields(self, tmp_path):
+        table = run(TOY, tmp_path, log=quiet)
+        by_key = {c["key"]: c for c in table["cells"]}
+        assert by_key["a-1"]["fields"] == {"steps": 2, "lr": 1}  # override > cell > budget
+        assert by_key["a-2"]["fields"] == {"steps": 2, "lr": 9}  # later patterns win
+        assert by_key["b-1"]["fields"] == {"steps": 1, "lr": 3}
+        assert by_key["a-2"]["overrides"] == {"steps": 2, "lr": 9}  # recorded in the result
+        assert "overrides" not in by_key["b-1"]
+        assert by_key["a-1"]["error"] == 20
+        assert by_key["a-1"]["paper"] == 1.0
+        assert set(by_key["a-1"]) >= {"key", "label", "seeds", "budget", "version", "commit"}
+        assert json.loads((tmp_path / "budget.json").read_text()) == {"budget": "small"}
+        assert (tmp_path / "toy.md").read_text() == "# toy\n\n- a-1: 20.0\n- a-2: 20.0\n- b-1: 10.0\n"
+
+    def test_rerun_names_the_skipped_cells_and_how_to_rerun(self, tmp_path):
+        run(TOY, tmp_path, cells=["a-*"], log=quiet)
+        lines = []
+        run(TOY, tmp_path, log=lines.append)
+        assert [line for line in lines if line.endswith("skipped")] == [
+            "[1/3] a-1: done (20.00 % (paper 1.0 %)), skipped", "[2/3] a-2: done (20.00 % (paper — %)), skipped"]
+        assert any("b-1 seed 0: running (small budget)" in line for line in lines)
+        hint = lines[-1]
+        assert hint.startswith(f"2 cell(s) already done in {tmp_path} skipped: a-1, a-2")
+        assert "another --out" in hint
+
+    def test_an_interrupted_cell_resumes_its_finished_seeds(self, tmp_path):
+        run(TOY, tmp_path, budget="big", cells=["b-1"], log=quiet)
+        (tmp_path / "cells" / "b-1" / "result.json").unlink()  # killed after its seeds, before its result
+        table = run(TOY, tmp_path, budget="big", cells=["b-1"], log=quiet)
+        assert table["cells"][0]["resumed"] == [True, True]
+        assert table["cells"][0]["error"] == 50.5  # seeds 0 and 1 of the budget's 2
+
+    def test_more_seeds_rerun_a_cell(self, tmp_path):
+        run(TOY, tmp_path, cells=["b-1"], log=quiet)
+        table = run(TOY, tmp_path, cells=["b-1"], seeds=2, log=quiet)
+        assert table["cells"][0]["seeds"] == 2
+        assert table["cells"][0]["resumed"] == [True, False]
+
+    def test_a_cell_held_by_a_live_process_is_left_alone(self, tmp_path):
+        (tmp_path / "cells" / "a-1").mkdir(parents=True)
+        (tmp_path / "cells" / "a-1" / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}")
+        lines = []
+        table = run(TOY, tmp_path, cells=["a-1"], log=lines.append)
+        assert "[1/1] a-1: being run by another process, skipped" in lines
+        assert table["cells"] == []
+
+    def test_setup_cells_run_first_whatever_the_selection(self, tmp_path):
+        setup = Cell("enc", "encoder", {"lr": 7}, seeds=1)
+        exp = Experiment(name="toy", title="t", cells=CELLS, budgets=TOY.budgets, default_budget="big",
+                         render=render, run_seed=toy_seed, summarize=toy_summary, setup=(setup,))
+        lines = []
+        table = run(exp, tmp_path, cells=["b-1"], log=lines.append)
+        assert lines[0] == "[1/2] enc seed 0: running (big budget)"  # once: its fixed seed count
+        assert json.loads((tmp_path / "cells" / "enc" / "result.json").read_text())["seeds"] == 1
+        assert [c["key"] for c in table["cells"]] == ["b-1"]  # not in the table
+
+    def test_a_cell_may_bring_its_own_seed_function(self, tmp_path):
+        def evaluate_only(run):
+            return {"value": -1, "fields": {}}
+
+        exp = Experiment(name="toy", title="t", cells=(*CELLS[:1], Cell("peer", "peer", run_seed=evaluate_only)),
+                         budgets=TOY.budgets, default_budget="small", render=render, run_seed=toy_seed,
+                         summarize=toy_summary)
+        assert [c["error"] for c in run(exp, tmp_path, log=quiet)["cells"]] == [20, -1]
+
+    def test_errors(self, tmp_path):
+        with pytest.raises(ValueError, match="reproduce toy has no 'huge' budget; choose one of small, big"):
+            run(TOY, tmp_path, budget="huge", log=quiet)
+        with pytest.raises(ValueError, match="matches no toy cell; cells: a-1, a-2, b-1"):
+            run(TOY, tmp_path, cells=["c*"], log=quiet)
+        with pytest.raises(ValueError, match="seeds must be >= 1; got -1"):
+            run(TOY, tmp_path, seeds=-1, log=quiet)
+        run(TOY, tmp_path, cells=["b-1"], log=quiet)
+        with pytest.raises(ValueError, match="holds results of the 'small' budget; use another --out for 'big'"):
+            run(TOY, tmp_path, budget="big", log=quiet)
+
+
+class TestBudget:
+    def test_an_old_name_works_with_one_notice(self, tmp_path):
+        lines = []
+        run(TOY, tmp_path, budget="old", cells=["b-1"], log=lines.append)
+        assert lines[0] == "budget 'old' of toy is now called 'small'; the old name will be removed"
+        assert sum("old" in line for line in lines) == 1
+
+    def test_a_folder_of_the_old_name_is_the_same_budget(self, tmp_path):
+        (tmp_path / "budget.json").write_text(json.dumps({"budget": "old"}))
+        assert run(TOY, tmp_path, cells=["b-1"], log=quiet)["budget"] == "small"
+
+    def test_cell_overrides_follow_the_patterns_in_order(self):
+        small = TOY.budget("small")
+        assert small.cell_overrides("a-2") == {"steps": 2, "lr": 9}
+        assert small.cell_overrides("b-1") == {}
+        assert small.fields_for(CELLS[2]) == {"steps": 1, "lr": 3}
+
+    def test_budget_recipe_applies_the_recipe_fields_and_drops_the_others(self):
+        r = budget_recipe({"recipe": "cpu", "steps": 7, "batch_size": 16, "loc_lr_scale": 1.0, "train_subset": 5})
+        base = get_recipe("cpu")
+        assert (r["steps"], r["batch_size"], r["loc_lr_scale"]) == (7, 16, 1.0)
+        assert (r["lr"], r["optimizer"], r["name"]) == (base.lr, base.optimizer, "cpu")
+        assert "train_subset" not in r
+
+    def test_budget_recipe_rejects_an_unknown_recipe(self):
+        with pytest.raises(ValueError, match="unknown recipe"):
+            budget_recipe({"recipe": "fast"})
+
+
+def test_notes_are_included_verbatim(tmp_path):
+    run(TOY, tmp_path, cells=["b-1"], log=quiet)
+    notes = "## Notes\n\nA finding, with `code` and 1.23 %.\n"
+    (tmp_path / "NOTES.md").write_text(notes)
+    write_outputs(TOY, tmp_path, TOY.budget("small"))
+    assert (tmp_path / "toy.md").read_text() == "# toy\n\n- b-1: 10.0\n\n" + notes
+
+
+def test_select_keeps_order_and_drops_repeats():
+    assert [c.key for c in select(CELLS, ["b-*", "a-1", "b-1"], "toy")] == ["b-1", "a-1"]
+    assert select(CELLS, None, "toy") == list(CELLS)
+
+
+def test_claim_keeps_a_cell_to_one_live_process_and_takes_over_stale_locks(tmp_path):
+    lock = claim(tmp_path / "cell")
+    assert lock is not None
+    assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert claim(tmp_path / "cell") is None  # held by a live process (this one)
+    lock.unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "cell" / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    again = claim(tmp_path / "cell")  # its process has exited: stale, taken over
+    assert again is not None
+    assert again.read_text().endswith(str(os.getpid()))
