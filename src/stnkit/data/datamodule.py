@@ -13,11 +13,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from stnkit.data.addition import AdditionMNIST
-from stnkit.data.distorted_mnist import DistortedMNIST, EpochSampler, distortion_config
+from stnkit.data.distorted_mnist import (
+    DeferredBatches,
+    DistortedMNIST,
+    EpochSampler,
+    distortion_config,
+    generate_recipes,
+    is_recipe,
+)
 from stnkit.data.idx import find_mnist, load_mnist
 from stnkit.data.mnist3d import MNIST3D
 
-__all__ = ["DATAMODULES", "AdditionDataModule", "DistortedMNISTDataModule", "MNIST3DDataModule", "build_datamodule"]
+__all__ = [
+    "DATAMODULES", "GENERATE_ON", "AdditionDataModule", "DistortedMNISTDataModule", "MNIST3DDataModule",
+    "build_datamodule",
+]
+
+GENERATE_ON = ("auto", "loader", "device")
 
 
 class DistortedMNISTDataModule(pl.LightningDataModule):
@@ -46,6 +58,11 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
         test_seed: seed of the fixed test distortions.
         distortion: overrides of the preset's :class:`~stnkit.data.distortions.DistortionConfig` fields, e.g.
             ``{"scale": [0.5, 1.0]}``.
+        generate_on: where batches are distorted: ``"loader"`` (the DataLoader, on the CPU), ``"device"`` (the
+            loaders carry ``(index, epoch)`` recipes and :meth:`on_after_batch_transfer` generates each batch on the
+            device it was moved to, from a copy of MNIST kept there), or ``"auto"`` (the default: ``"device"`` when
+            the trainer's device is not the CPU, so a GPU is never starved by CPU-side generation). Every choice
+            gives the same data: the RNG is counter-based per (seed, split, epoch, index).
 
     Example:
         >>> dm = DistortedMNISTDataModule("rts", batch_size=64)
@@ -70,9 +87,14 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         test_seed: int = 0,
         distortion: dict[str, Any] | None = None,
+        generate_on: str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if generate_on not in GENERATE_ON:
+            raise ValueError(f"generate_on must be one of {', '.join(GENERATE_ON)}; got {generate_on!r}")
+        self.generate_on = generate_on
+        self._device_sets: dict[tuple[int, str], DistortedMNIST] = {}
         self.config = distortion_config(dataset, **(distortion or {}))  # validates the name and overrides now
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be positive; got {batch_size}, {eval_batch_size}")
@@ -154,11 +176,34 @@ class DistortedMNISTDataModule(pl.LightningDataModule):
             return 0
         return trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.batch_size
 
+    def on_device(self) -> bool:
+        """Return whether batches are generated on the training device (see ``generate_on``)."""
+        if self.generate_on != "auto":
+            return self.generate_on == "device"
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type != "cpu"
+
     def _loader(self, dataset: DistortedMNIST | None, batch_size: int, sampler=None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before requesting dataloaders")
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+        source: Any = dataset
+        if self.on_device():
+            source = DeferredBatches(dataset, tag=[self.train_set, self.val_set, self.test_set].index(dataset))
+        if sampler is not None:
+            sampler.dataset = source  # the sampler passes the epoch on through the view
+        return DataLoader(source, batch_size=batch_size, sampler=sampler, shuffle=False,
                           num_workers=self.num_workers, persistent_workers=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Generate a recipe batch (``generate_on="device"``) on the device it was moved to; pass others on."""
+        if not is_recipe(batch):
+            return batch
+        tag, device = int(batch[2][0]), batch[0].device
+        if (tag, str(device)) not in self._device_sets:  # MNIST copied to the device once per split
+            dataset = [self.train_set, self.val_set, self.test_set][tag]
+            assert dataset is not None, "a recipe batch comes from a loader of a set-up dataset"
+            self._device_sets[(tag, str(device))] = dataset.to(device)
+        return generate_recipes(self._device_sets[(tag, str(device))], batch)
 
     def train_dataloader(self) -> DataLoader:
         """Training loader: order and distortions are functions of (seed, epoch); resumes skip done batches."""

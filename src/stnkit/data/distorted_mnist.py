@@ -15,9 +15,10 @@ thread on a busy machine: two threads fighting other processes were 2-5x *slower
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence, Sized
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -39,13 +40,16 @@ from stnkit.data.distortions import (
 __all__ = [
     "KINDS",
     "PRESETS",
+    "DeferredBatches",
     "DistortedBatch",
     "DistortedMNIST",
     "DistortionConfig",
     "EpochSampler",
     "distort",
     "distortion_config",
+    "generate_recipes",
     "ink_boxes",
+    "is_recipe",
     "measure_rate",
     "render",
     "sample_params",
@@ -166,9 +170,82 @@ class DistortedMNIST(Dataset):
         images, labels = self.get_batch(indices)
         return list(zip(images.unbind(0), labels.unbind(0)))
 
+    def to(self, device: torch.device | str) -> DistortedMNIST:
+        """Return a shallow copy whose tensors (digits, labels, ids, clutter pool) live on ``device``.
+
+        Generation then runs there: the counter-based RNG and the warp are device-independent, so a batch is the
+        same data on every device (up to float rounding of the warp).
+        """
+        moved = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(moved, name, value.to(device))
+        return moved
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={len(self)}, distortion={self.config.kind!r}, size={self.image_size}, "
                 f"seed={self.seed}, split={self.split!r}, fresh={self.fresh})")
+
+
+class DeferredBatches(Dataset):
+    """A dataset's batches as recipes ``(index, epoch, tag)``, generated later with :func:`generate_recipes`.
+
+    A ``DataLoader`` over this view moves three int64 vectors per batch instead of images; the training device then
+    distorts the batch itself (``LightningDataModule.on_after_batch_transfer``), so generation keeps up with a GPU.
+    The epoch travels with the batch, so the data is what the loader's own generation gives; ``tag`` says which
+    dataset the recipe is for (e.g. 0 train, 1 validation, 2 test).
+
+    Args:
+        dataset: anything with ``__len__``, ``set_epoch``, an ``epoch`` attribute and ``get_batch(indices, epoch)``
+            (:class:`DistortedMNIST` and its subclasses).
+        tag: an integer naming the dataset, carried by every recipe.
+
+    Example:
+        >>> ds = DistortedMNIST(torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8), torch.arange(6), "r")
+        >>> recipe = torch.utils.data.default_collate(DeferredBatches(ds).__getitems__([4, 1]))
+        >>> torch.equal(generate_recipes(ds, recipe)[0], ds.get_batch([4, 1])[0])
+        True
+    """
+
+    def __init__(self, dataset: Any, tag: int = 0) -> None:
+        self.dataset = dataset
+        self.tag = int(tag)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to the dataset (what :class:`EpochSampler` calls)."""
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> tuple[int, int, int]:
+        return int(index), int(self.dataset.epoch), self.tag
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, int, int]]:
+        """The batch's recipe, one ``(index, epoch, tag)`` per sample (collated into three (B,) int64 tensors)."""
+        epoch = int(self.dataset.epoch)
+        return [(int(i), epoch, self.tag) for i in indices]
+
+
+def is_recipe(batch: Any) -> bool:
+    """Return whether a collated batch is a :class:`DeferredBatches` recipe (three (B,) int64 tensors)."""
+    return (isinstance(batch, (list, tuple)) and len(batch) == 3
+            and all(isinstance(t, Tensor) and t.ndim == 1 and t.dtype == torch.int64 for t in batch))
+
+
+def generate_recipes(dataset: Any, recipe: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """Generate the batch of a collated :class:`DeferredBatches` recipe ``(indices, epochs, tags)``, each (B,).
+
+    ``dataset`` should live on the recipe's device (:meth:`DistortedMNIST.to`); the batch is generated there.
+
+    Raises:
+        ValueError: a recipe that is not three non-empty (B,) int64 tensors.
+    """
+    if not is_recipe(recipe) or recipe[0].numel() == 0:
+        raise ValueError("a batch recipe is (indices, epochs, tags), non-empty (B,) int64 tensors; got "
+                         f"{[(tuple(getattr(t, 'shape', ())), getattr(t, 'dtype', type(t))) for t in recipe]}")
+    indices, epochs, _ = recipe
+    return tuple(dataset.get_batch(indices, int(epochs[0])))
 
 
 class EpochSampler(DistributedSampler):
@@ -257,26 +334,30 @@ class EpochSampler(DistributedSampler):
         yield from order[skip:].tolist()
 
 
-def measure_rate(images: Tensor, distortion: str | DistortionConfig, batch_size: int = 256, repeats: int = 20
-                 ) -> float:
-    """Measure generated samples per second of one process (best of ``repeats`` batches).
+def measure_rate(images: Tensor, distortion: str | DistortionConfig, batch_size: int = 256, repeats: int = 20,
+                 device: torch.device | str = "cpu") -> float:
+    """Measure generated samples per second of one process (best of ``repeats`` batches) on ``device``.
 
     Args:
         images: uint8 digits (N, H, W).
         distortion: preset name or config.
         batch_size: samples per batch.
         repeats: timed batches.
+        device: where the batches are generated (``generate_on="device"`` generates on the training device).
 
     Returns:
         Samples per second.
     """
-    ds = DistortedMNIST(images, torch.zeros(len(images), dtype=torch.int64), distortion, fresh=True)
+    ds = DistortedMNIST(images, torch.zeros(len(images), dtype=torch.int64), distortion, fresh=True).to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     best = float("inf")
     for r in range(repeats + 1):
         ds.set_epoch(r)
-        idx = torch.randint(0, len(images), (batch_size,))
+        idx = torch.randint(0, len(images), (batch_size,)).to(device)
+        sync()
         t0 = time.perf_counter()
         ds.get_batch(idx)
+        sync()
         if r:  # the first batch warms up caches
             best = min(best, time.perf_counter() - t0)
     return batch_size / best
