@@ -28,7 +28,7 @@ step() {
     codes+=("$rc")
 }
 
-step "triton kernels (pytest -m gpu tests/kernels)" 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
+step "triton kernels (pytest -m gpu tests/kernels)" 110 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
 step "device matrix (--device cuda)" 80 "$PY" -m pytest -q -p no:cacheprovider --device cuda tests/test_device_matrix.py
 RESULTS="${OUT:-/tmp/stnkit-gpu-check}"
 mkdir -p "$RESULTS"
