@@ -50,6 +50,13 @@ class TestPlotTransformations:
         assert len(axes[0].lines) == 1  # the attended region
         assert len(axes[0].collections) == (1 if transform == "tps" else 0)  # control points
         assert axes[1].images[0].get_array().shape == (21, 21)  # the transformer's output
+        preds = model(images).argmax(1)
+        for i in range(6):  # every output's title: true label, prediction, a mark when wrong
+            wrong = bool(preds[i] != labels[i])
+            assert axes[2 * i + 1].get_title() == f"true {i}, pred {int(preds[i])}" + (" x" if wrong else "")
+            assert (axes[2 * i + 1].title.get_color() == "tab:red") == wrong
+        texts = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert texts == ["region the transformer samples (its output is to the right)", "red title, x: misclassified"]
 
     def test_needs_a_transformer(self):
         with pytest.raises(ValueError, match="no spatial transformer"):

@@ -141,13 +141,15 @@ def transformer_panels(model: Any, images: Tensor) -> list[tuple[Panel, Panel]]:
 
 
 def panel_figure(grid: Sequence[Sequence[Panel | None]], title: str | None = None,
-                 size: tuple[float, float] = (1.6, 1.7)) -> Figure:
+                 size: tuple[float, float] = (1.6, 1.7),
+                 legend: Sequence[tuple[str, dict[str, Any]]] = ()) -> Figure:
     """Draw a grid of panels (None leaves a cell empty); every reproduction's image figure is one of these.
 
     Args:
         grid: rows of panels.
         title: figure title.
         size: (width, height) of one panel in inches.
+        legend: ``(label, line style)`` entries of a legend under the grid (e.g. what a coloured frame means).
 
     Returns:
         A matplotlib ``Figure`` (not attached to pyplot; save it with ``fig.savefig``).
@@ -178,6 +180,12 @@ def panel_figure(grid: Sequence[Sequence[Panel | None]], title: str | None = Non
             ax.set_ylabel(panel.ylabel, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
+    if legend:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], **style) for _, style in legend]
+        fig.legend(handles, [label for label, _ in legend], loc="outside lower center", ncols=len(legend),
+                   fontsize=7, frameon=False)
     return fig
 
 
@@ -188,7 +196,8 @@ def plot_transformations(model: Any, images: Tensor, labels: Tensor | None = Non
     Args:
         model: a model with ``transformer`` and ``transform(x) -> (warped, params)`` (the ST models).
         images: inputs (N, C, H, W), C = 1 or 3, values in [0, 1].
-        labels: optional true labels (N,); predictions are shown as the panel titles (red when wrong).
+        labels: optional true labels (N,); each output's title then shows the true label and the prediction,
+            red and marked ``x`` when wrong.
         ncols: input/output pairs per row.
         title: figure title.
 
@@ -206,9 +215,13 @@ def plot_transformations(model: Any, images: Tensor, labels: Tensor | None = Non
             grid.append([])
         if preds is not None and labels is not None:
             ok = bool(preds[i] == labels[i])
-            out = replace(out, title=f"pred {int(preds[i])}", title_color="black" if ok else "tab:red")
+            out = replace(out, title=f"true {int(labels[i])}, pred {int(preds[i])}" + ("" if ok else " x"),
+                          title_color="black" if ok else "tab:red")
         grid[-1] += [replace(inp, title="input" if i < ncols else ""), out]
-    return panel_figure(grid, title, size=(2.0, 2.1))
+    legend = [("region the transformer samples (its output is to the right)", {"color": "tab:red", "lw": 1.2})]
+    if preds is not None:
+        legend.append(("red title, x: misclassified", {"color": "none"}))
+    return panel_figure(grid, title, size=(2.0, 2.1), legend=legend)
 
 
 def transformer_rows(rows: Sequence[tuple[str, Any]], images: Tensor, title: str) -> Figure:
