@@ -99,11 +99,12 @@ class STNLitModule(pl.LightningModule):
                         steps=hp.get("max_steps", Recipe.steps))
         model = hp.get("model", "st-cnn")
         down = hp.get("st_downsample", "none")
-        given = {k: hp[k] for k in ("transform", "input_size", "in_channels", "num_classes", "param_budget",
+        given: dict[str, Any] = {k: hp[k] for k in ("transform", "input_size", "in_channels", "num_classes", "param_budget",
                                     "loc_lr_scale") if k in hp}
         given["st_downsample"] = None if down == "none" else down
         takes = models.model_args(model)
-        return cls(model, recipe, {**{k: v for k, v in given.items() if k in takes}, **(hp.get("model_kwargs") or {})})
+        kwargs = {k: v for k, v in given.items() if k in takes}
+        return cls(model, recipe, {**kwargs, **(hp.get("model_kwargs") or {})})
 
     def forward(self, x: Tensor) -> Tensor:
         """Return logits (N, num_classes) for images (N, C, S, S)."""

@@ -166,7 +166,8 @@ def fit(
     if config.epochs is not None:  # epochs -> steps, from the training loader's length
         dm.prepare_data()
         dm.setup("fit")
-        config = dataclasses.replace(config, steps=config.epochs * len(dm.train_dataloader()), epochs=None,
+        steps = config.epochs * len(dm.train_dataloader())
+        config = dataclasses.replace(config, overrides={**config.overrides, "steps": steps}, epochs=None,
                                      extra={**config.extra, "epochs": config.epochs})
         recipe = config.resolved_recipe()
     lit = STNLitModule(config.model, recipe, config.model_arguments(dm.image_size, dm.in_channels, dm.num_classes))
