@@ -9,10 +9,11 @@ from stnkit.training import TrainConfig
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
-    # fit(threads=1) sets the process-wide thread count; tiny models run best on one thread, and on a shared
-    # machine more threads than free cores make OpenMP spin (10x slower)
+def _one_thread():
+    # tiny models run best on one thread, and on a shared machine more threads than free cores make OpenMP spin
+    # (10x slower); fit() leaves the thread count to its caller, as here
     n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 

@@ -49,11 +49,12 @@ class TestFitExperimentDatasets:
 
 
 def test_channels_last_is_ignored_for_volume_models():
-    from stnkit.training import STNLitModule
+    from stnkit.training import STNLitModule, get_recipe
 
-    lit = STNLitModule(model="st-cnn-mnist3d", input_size=24, channels_last=True, model_kwargs={"output_size": 16})
+    recipe = get_recipe("smoke", channels_last=True)
+    lit = STNLitModule("st-cnn-mnist3d", recipe, {"input_size": 24, "output_size": 16})
     assert not lit.channels_last  # Conv3d weights have no channels-last layout
     assert lit(torch.rand(2, 1, 24, 24, 24)).shape == (2, 10)
-    lit = STNLitModule(model="cnn-mnist3d", input_size=24, channels_last=True, model_kwargs={"output_size": 16})
+    lit = STNLitModule("cnn-mnist3d", recipe, {"input_size": 24, "output_size": 16})
     assert lit(torch.rand(2, 1, 24, 24, 24)).shape == (2, 10)  # 2-D convs channels-last, the volume input as is
-    assert STNLitModule(model="cnn", input_size=28, channels_last=True).channels_last
+    assert STNLitModule("cnn", recipe, {"input_size": 28}).channels_last

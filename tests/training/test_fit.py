@@ -59,6 +59,7 @@ class TestFit:
 
     @pytest.mark.parametrize(("threads", "channels_last"), [(1, False), (2, True)])
     def test_seeded_runs_bit_identical(self, tiny_config, tmp_path, threads, channels_last):
+        torch.set_num_threads(threads)  # restored by the conftest fixture
         kw = {"steps": 5, "threads": threads, "channels_last": channels_last}
         a = fit(tiny_config(out=str(tmp_path / "a"), **kw))
         b = fit(tiny_config(out=str(tmp_path / "b"), **kw))
@@ -99,6 +100,20 @@ class TestFit:
         m = fit(tiny_config(steps=3, precision="bf16-mixed"))
         assert m["precision"] == "bf16-mixed"
         assert evaluate(tmp_path / "run")["test_err"] == m["test_err"]  # evaluated in the run's precision
+
+    def test_leaves_the_thread_count_alone(self, tiny_config):
+        before = torch.get_num_threads()
+        m = fit(tiny_config(steps=1, threads=before + 1))
+        assert torch.get_num_threads() == before
+        assert m["steps"] == 1
+
+    def test_recipe_settings_reach_the_module(self, tiny_config, tmp_path):
+        fit(tiny_config(steps=2, scheduler="step", step_size=3, gamma=0.5, pct_start=0.3, loc_lr_scale=0.5))
+        lit, config, ckpt = load_checkpoint(tmp_path / "run")
+        assert (lit.recipe.step_size, lit.recipe.gamma, lit.recipe.pct_start) == (3, 0.5, 0.3)
+        assert lit.recipe == config.resolved_recipe()
+        assert lit.model.transformer.loc_lr_scale == 0.5  # the recipe's multiplier is the model's
+        assert ckpt["lr_schedulers"][0]["gamma"] == 0.5
 
     def test_epochs(self, tiny_config):
         assert fit(tiny_config(epochs=1, batch_size=50, eval_every=100))["steps"] == 4  # 200 images / 50
@@ -156,6 +171,26 @@ def test_config_roundtrip_through_checkpoint(tiny_config, tmp_path):
     _, loaded, _ = load_checkpoint(tmp_path / "run")
     assert loaded.resolved_recipe() == config.resolved_recipe()
     assert isinstance(loaded, TrainConfig)
+
+
+def test_checkpoint_with_hparams_of_earlier_versions_loads(tiny_config, tmp_path):
+    """Runs written before the recipe was passed whole saved 19 loose hyper-parameters; they load and evaluate."""
+    m = fit(tiny_config(steps=2, model="st-fcn", transform="tps"))
+    for which in ("last", "best"):
+        path = tmp_path / "run" / "checkpoints" / f"{which}.ckpt"
+        ckpt = torch.load(path, weights_only=True)
+        r = ckpt["hyper_parameters"]["recipe"]
+        ckpt["hyper_parameters"] = {  # as STNLitModule.save_hyperparameters() wrote them then
+            "model": "st-fcn", "transform": "tps", "input_size": 42, "in_channels": 1, "num_classes": 10,
+            "st_downsample": "output_size", "param_budget": 20_000, "optimizer": r["optimizer"], "lr": r["lr"],
+            "momentum": r["momentum"], "weight_decay": r["weight_decay"], "scheduler": r["scheduler"],
+            "max_steps": r["steps"], "step_size": r["step_size"], "gamma": r["gamma"], "pct_start": r["pct_start"],
+            "loc_lr_scale": r["loc_lr_scale"], "channels_last": r["channels_last"], "model_kwargs": None}
+        torch.save(ckpt, path)
+    lit, config, _ = load_checkpoint(tmp_path / "run")
+    assert lit.recipe.steps == 2
+    assert config.transform == "tps"
+    assert evaluate(tmp_path / "run")["test_err"] == m["test_err"]
 
 
 def test_run_records_the_data_folder_it_found(tiny_config, tmp_path, monkeypatch, mnist_dir):

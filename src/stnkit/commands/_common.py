@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def add_hardware_args(p: argparse.ArgumentParser) -> None:
@@ -13,8 +14,28 @@ def add_hardware_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", default="1", help="devices per node: a number or auto (default 1)")
     g.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
     g.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (default auto)")
-    g.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, auto (default: the recipe's)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
+
+
+def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept ``old`` as a spelling of the flag ``new``, printing a one-line deprecation notice when used."""
+    dest = new.lstrip("-").replace("-", "_")
+
+    class Deprecated(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            print(f"{parser.prog}: {old} is deprecated; use {new}", file=sys.stderr)
+            setattr(namespace, dest, values)
+
+    p.add_argument(old, dest=dest, action=Deprecated, help=f"deprecated spelling of {new} (default: none)")
+
+
+def set_threads(n: int | None) -> None:
+    """Set torch's process-wide CPU thread count (None: leave torch's default); commands do it, the library not."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def devices(value: str) -> int | str:

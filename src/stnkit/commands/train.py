@@ -5,25 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from stnkit.commands._common import add_hardware_args, devices, progress_default
+from stnkit.commands._common import add_deprecated_alias, add_hardware_args, devices, progress_default, set_threads
 
 NAME = "train"
 HELP = "train a model on distorted MNIST and write a run directory"
 ORDER = 10
 DESCRIPTION = (
-    "Train FCN/CNN/ST-FCN/ST-CNN on a distorted-MNIST variant. The recipe (--recipe/--budget) sets optimiser, "
-    "schedule, batch size and steps; single flags override it. Writes config.json, logs/metrics.csv, "
+    "Train FCN/CNN/ST-FCN/ST-CNN on a distorted-MNIST variant. The recipe (--recipe) sets optimiser, "
+    "schedule, batch size and steps; one flag per recipe setting overrides it. Writes config.json, logs/metrics.csv, "
     "checkpoints/{last,best}.ckpt and metrics.json into the run directory."
 )
 
-_HW = ("accelerator", "num_nodes", "strategy", "precision", "threads")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add this command's arguments to its parser."""
+    """Add this command's arguments to its parser: run flags by hand, one override flag per recipe setting."""
     from stnkit.models import list_models
     from stnkit.training import DATASETS, RECIPES
 
@@ -31,25 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"one of {', '.join(list_models())} (default st-cnn)")
     p.add_argument("--transform",
                    help="ST models: affine, projective, tps, attention, similarity, translation (default affine)")
-    p.add_argument("--recipe", "--budget", dest="recipe", help=f"training recipe: {', '.join(RECIPES)} (default cpu)")
+    p.add_argument("--recipe", help=f"training recipe: {', '.join(RECIPES)} (default cpu)")
+    add_deprecated_alias(p, "--budget", "--recipe")
     steps = p.add_mutually_exclusive_group()
-    steps.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
-    steps.add_argument("--epochs", type=int, help="epochs over the training set instead of --steps")
+    steps.add_argument("--epochs", type=int, help="epochs over the training set instead of --steps (default: none)")
     g = p.add_argument_group("recipe overrides")
-    g.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
-    g.add_argument("--optimizer", help="sgd, adam, adamw (default: the recipe's)")
-    g.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default: the recipe's)")
-    g.add_argument("--weight-decay", type=float, help="weight decay (default: the recipe's)")
-    g.add_argument("--scheduler", help="none, step, cosine, onecycle (default: the recipe's)")
-    g.add_argument("--loc-lr-scale", type=float, help="learning-rate multiplier of the localisation net")
-    g.add_argument("--eval-every", type=int, help="steps between validations/checkpoints")
-    g.add_argument("--st-downsample", help="output_size or avgpool (ST models on RTS/TC)")
+    add_recipe_arguments(g, {"steps": steps})
     g.add_argument("--bound", type=float,
                    help="ST models: keep the transform's parameters within this tanh bound of the identity (guards "
                         "against a diverging localisation net; default unbounded, as in the paper)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last convolutions (default: the recipe's)")
     d = p.add_argument_group("data and output")
     d.add_argument("--seed", type=int, help="seed of weights, split, order and distortions (default 0)")
     d.add_argument("--data-dir",
@@ -69,46 +57,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_hardware_args(p)
 
 
-# flags whose default the command fills in, so that --resume can tell a flag given from a flag left alone
-_DEFAULTS: dict[str, Any] = {"dataset": "rts", "model": "st-cnn", "transform": "affine", "recipe": "cpu",
-                             "seed": 0, "val_size": 5000, "num_workers": 0}
-# what a run trains (fixed once it started) vs where and how it runs (may change on --resume)
-_WHAT = ("dataset", "model", "transform", "recipe", "epochs", "batch_size", "optimizer", "lr", "momentum",
-         "weight_decay", "scheduler", "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "seed",
-         "val_size", "train_subset", "val_subset", "test_subset", "param_budget", "model_kwargs")
+def add_recipe_arguments(g: Any, groups: dict[str, Any]) -> None:
+    """Add ``--<setting>`` for every recipe setting (default None: the recipe's value) to ``g``.
+
+    ``groups`` places a setting's flag in another group instead (``--steps`` excludes ``--epochs``). Values are
+    checked once, by :func:`stnkit.training.get_recipe`.
+    """
+    from stnkit.training import RECIPES
+    from stnkit.training.recipes import recipe_settings
+
+    types = {"int": int, "float": float, "str": str}
+    for f in recipe_settings():
+        values = {name: getattr(r, f.name) for name, r in RECIPES.items()}
+        shown = f"{next(iter(values.values()))} in every recipe" if len(set(values.values())) == 1 else \
+            ", ".join(f"{name} {v}" for name, v in values.items())
+        choices = f"; one of {', '.join(f.metadata['choices'])}" if f.metadata["choices"] else ""
+        help = f"{f.metadata['help']}{choices} (default: the recipe's: {shown})"
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            groups.get(f.name, g).add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+        else:
+            groups.get(f.name, g).add_argument(flag, type=types[str(f.type)], help=help)
 
 
 def config_from_args(args: argparse.Namespace):
     """Build the :class:`TrainConfig` of parsed ``train`` arguments (from the run's config.json on --resume).
 
-    On ``--resume`` a flag that changes what the run trains (model, data, recipe values, seed, ...) and differs
-    from the run's recorded value is refused with one line listing each conflict; where and how it runs
-    (hardware, threads, data folder, progress) and ``--steps`` (constant schedules only) may change.
+    On ``--resume`` a flag that changes what the run trains (:meth:`TrainConfig.fixed_on_resume`: model, data,
+    recipe settings, seed, ...) and differs from the run's recorded value is refused with one line listing each
+    conflict; where and how it runs (hardware, threads, data folder, progress, precision) and ``--steps``
+    (constant schedules only) may change.
     """
+    from stnkit import transforms
     from stnkit.models import list_models
     from stnkit.training import TrainConfig
+    from stnkit.training.recipes import recipe_settings
 
-    given = {k: getattr(args, k) for k in (
-        "dataset", "model", "transform", "recipe", "steps", "epochs", "batch_size", "optimizer", "lr", "momentum",
-        "weight_decay", "scheduler", "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "seed",
-        "data_dir", "out", "val_size", "train_subset", "val_subset", "test_subset", "num_workers", *_HW)}
-    if args.param_budget is not None:
-        given["param_budget"] = args.param_budget
+    settings = {f.name for f in recipe_settings()}
+    names = ({f.name for f in fields(TrainConfig)} | settings) - {"devices", "progress"}
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    given["devices"] = devices(args.devices)
+    given["progress"] = progress_default() if args.progress is None else args.progress
     if args.bound is not None:
         if args.bound <= 0:
             raise ValueError(f"--bound must be positive; got {args.bound}")
-        if not str(args.model or _DEFAULTS["model"]).lower().startswith("st-"):
-            raise ValueError(f"--bound applies to ST models; {args.model!r} has no spatial transformer")
         given["model_kwargs"] = {"bound": args.bound}
-    kw = {**given, **{k: v for k, v in _DEFAULTS.items() if given.get(k) is None}}
-    if kw["model"].lower() not in list_models():
-        raise ValueError(f"unknown model {kw['model']!r}; known models: {', '.join(list_models())}")
-    from stnkit import transforms
-
-    transforms.get(kw["transform"])  # unknown names fail here, with the list of known ones
-    kw["devices"] = devices(args.devices)
-    kw["progress"] = progress_default() if args.progress is None else args.progress
-    config = TrainConfig(**kw)
+    config = TrainConfig(**given)
+    if config.model not in list_models():
+        raise ValueError(f"unknown model {config.model!r}; known models: {', '.join(list_models())}")
+    if args.bound is not None and not config.model.startswith("st-"):
+        raise ValueError(f"--bound applies to ST models; {config.model!r} has no spatial transformer")
+    transforms.get(config.transform)  # unknown names fail here, with the list of known ones
     if not args.resume:
         config.resolved_recipe()  # validate recipe values now
         return config
@@ -119,22 +118,25 @@ def config_from_args(args: argparse.Namespace):
     recipe = resumed.resolved_recipe()  # the values the run trains with: its recipe's unless overridden
 
     def recorded(k: str):
-        return getattr(recipe, k) if hasattr(recipe, k) else getattr(resumed, k)
+        return getattr(recipe, k) if k in settings else getattr(resumed, k)
 
-    conflicts = [f"--{k.replace('_', '-')} {given[k]} (the run's: {recorded(k)})" for k in _WHAT
-                 if given.get(k) is not None and _normal(given[k]) != _normal(recorded(k))]
+    fixed = TrainConfig.fixed_on_resume()
+    conflicts = [f"--{k.replace('_', '-')} {given[k]} (the run's: {recorded(k)})" for k in fixed
+                 if k in given and _normal(given[k]) != _normal(recorded(k))]
     if conflicts:
         raise ValueError(f"--resume continues the run in {config.run_dir()} as it was started; these flags "
                          f"conflict with it: {'; '.join(conflicts)}; drop them, or start a new run with another "
                          f"--out")
-    for k in ("devices", "progress", "data_dir", *_HW):  # where and how to run may change; what to train may not
-        if k in kw and kw[k] is not None:
-            setattr(resumed, k, kw[k])
+    for k, v in given.items():  # where and how to run may change; what to train may not
+        if k in settings and k not in fixed and k != "steps":
+            resumed.overrides[k] = v
+        elif k not in settings and k not in fixed and k not in ("out", "resume"):
+            setattr(resumed, k, v)
     resumed.out, resumed.resume = str(config.run_dir()), True
-    if args.steps is not None and args.steps != resumed.resolved_recipe().steps:
-        if resumed.resolved_recipe().scheduler in ("cosine", "onecycle"):
+    if args.steps is not None and args.steps != recipe.steps:
+        if recipe.scheduler in ("cosine", "onecycle"):
             raise ValueError("--steps cannot change when resuming a run with a cosine/onecycle schedule")
-        resumed.steps = args.steps
+        resumed.overrides["steps"] = args.steps
     return resumed
 
 
@@ -155,6 +157,7 @@ def describe(config) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
     config = config_from_args(args)
+    set_threads(config.threads)
     launched_worker = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
     if not launched_worker:  # DDP re-runs this command in every other process
         print(f"stnkit train: {describe(config)}; run dir {config.run_dir()}", flush=True)

@@ -6,9 +6,9 @@ attention crops (:mod:`~stnkit.models.attention`), co-localisation (:mod:`~stnki
 """
 
 from stnkit.models import addition, attention, coloc, mnist, mnist3d, svhn
-from stnkit.models._registry import create, list_models, register_model
+from stnkit.models._registry import build, create, list_models, model_args, register_model
 from stnkit.models.mnist import CNN, FCN, STClassifier
 from stnkit.models.summary import count_params, summary
 
-__all__ = ["CNN", "FCN", "STClassifier", "addition", "attention", "coloc", "count_params", "create", "list_models",
-           "mnist", "mnist3d", "register_model", "summary", "svhn"]
+__all__ = ["CNN", "FCN", "STClassifier", "addition", "attention", "build", "coloc", "count_params", "create",
+           "list_models", "mnist", "mnist3d", "model_args", "register_model", "summary", "svhn"]

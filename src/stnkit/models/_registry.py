@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["create", "list_models", "register_model"]
+__all__ = ["build", "create", "list_models", "model_args", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_ARGS: dict[str, tuple[str, ...]] = {}  # each builder's keyword arguments, read once when it is registered
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -25,6 +27,7 @@ def register_model(name: str) -> Callable[[F], F]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
+        _ARGS[name] = tuple(inspect.signature(fn).parameters)
         return fn
 
     return decorator
@@ -63,3 +66,43 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     if factory is None:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     return factory(**kwargs)
+
+
+def model_args(name: str) -> tuple[str, ...]:
+    """Return the keyword arguments a registered model's builder declares, in its order.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+
+    Example:
+        >>> "transform" in model_args("st-cnn"), "transform" in model_args("cnn")
+        (True, False)
+    """
+    if not isinstance(name, str) or name.lower() not in _ARGS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _ARGS[name.lower()]
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model from arguments its builder declares (:func:`model_args`), refusing any other.
+
+    Args:
+        name: a name from :func:`list_models`.
+        **kwargs: the builder's keyword arguments.
+
+    Returns:
+        The model, as :func:`create`.
+
+    Raises:
+        ValueError: unknown name, or an argument the builder does not take (one line naming it and the ones it does).
+
+    Example:
+        >>> build("cnn", input_size=28, param_budget=20_000).__class__.__name__
+        'CNN'
+    """
+    declared = model_args(name)
+    extra = [k for k in kwargs if k not in declared]
+    if extra:
+        raise ValueError(f"model {name!r} takes no argument {', '.join(map(repr, extra))}; it takes "
+                         f"{', '.join(declared)}")
+    return _MODELS[name.lower()](**kwargs)

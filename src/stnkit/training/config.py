@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from stnkit.models.mnist import DEFAULT_PARAM_BUDGET
-from stnkit.training.recipes import Recipe, get_recipe
+from stnkit.training.recipes import Recipe, get_recipe, recipe_settings
 
 __all__ = ["DATASETS", "DOWNSAMPLED_DATASETS", "TrainConfig", "cpu_has_native_bf16"]
 
@@ -27,14 +27,24 @@ def _has_gpu() -> bool:
 
     return torch.cuda.is_available()
 
+
 DATASETS = ("plain", "r", "rts", "p", "e", "tc", "addition", "mnist3d")
 # the paper halves the transformer's output for RTS and TC (App. A.4); addition's channels are RTS digits too
 DOWNSAMPLED_DATASETS = ("rts", "tc", "addition")
 
 
-@dataclass
+def _fixed(default: Any = None) -> Any:
+    """A config field that defines what a run trains: ``--resume`` refuses to change it."""
+    return field(default=default, metadata={"fixed": True})
+
+
+@dataclass(init=False)
 class TrainConfig:
-    """A training run: data, model, recipe (with per-field overrides), seed, output and hardware.
+    """A training run: data, model, recipe (with per-setting overrides), seed, output and hardware.
+
+    ``TrainConfig(**kw)`` takes the fields below and, by name, every setting of :class:`~stnkit.training.Recipe`
+    (``steps``, ``lr``, ``pct_start``, ...; see :func:`~stnkit.training.recipes.recipe_settings`): those not None
+    go into ``overrides`` and replace the recipe's value.
 
     Args:
         dataset: distorted-MNIST variant: ``"plain"``, ``"r"``, ``"rts"``, ``"p"``, ``"e"`` or ``"tc"``; or
@@ -42,20 +52,9 @@ class TrainConfig:
             :func:`stnkit.data.build_datamodule`.
         model: registered model name (``"fcn"``, ``"cnn"``, ``"st-fcn"``, ``"st-cnn"``).
         transform: transform of ST models (``"affine"``, ``"projective"``, ``"tps"``, ...).
-        recipe: recipe name (``"paper"``, ``"cpu"``, ``"demo"``, ``"smoke"``); the fields below marked
-            "override" replace the recipe's value when not None.
-        steps: override: optimiser steps.
+        recipe: recipe name (``"paper"``, ``"cpu"``, ``"demo"``, ``"smoke"``).
+        overrides: recipe settings replaced for this run, e.g. ``{"lr": 0.1}``.
         epochs: train this many epochs instead (converted to steps from the training set size); excludes ``steps``.
-        batch_size: override: training batch size.
-        optimizer: override: ``"sgd"``, ``"adam"``, ``"adamw"``.
-        lr: override: learning rate.
-        momentum: override: SGD momentum.
-        weight_decay: override: weight decay.
-        scheduler: override: ``"none"``, ``"step"``, ``"cosine"``, ``"onecycle"``.
-        loc_lr_scale: override: localisation learning-rate multiplier.
-        eval_every: override: steps between validations and checkpoints.
-        st_downsample: override: ``"output_size"`` or ``"avgpool"``; applied to ST models on RTS and TC only.
-        channels_last: override: channels-last convolutions.
         seed: seed of the weights, the data split and order, and the training distortions.
         data_dir: folder with MNIST's IDX files (default ``$STNKIT_DATA``, then the user cache).
         out: run directory; default ``runs/<dataset>-<model>[-<transform>]-<recipe>-s<seed>``.
@@ -64,9 +63,8 @@ class TrainConfig:
         devices: Lightning devices (an int or ``"auto"``).
         num_nodes: Lightning nodes.
         strategy: Lightning strategy (``"auto"``, ``"ddp"``, ...).
-        precision: override: Lightning precision (``"32-true"``, ``"bf16-mixed"``, ...) or ``"auto"`` (see
-            :class:`~stnkit.training.Recipe`).
-        threads: torch CPU threads per process; None keeps torch's default (the physical cores).
+        threads: torch CPU threads per process, recorded only: the caller sets them (``stnkit train --threads``
+            does); :func:`~stnkit.training.fit` leaves the process-wide thread count alone.
         val_size: training images held out for validation.
         train_subset: train on this many images only (tests).
         val_subset: validate on this many images only.
@@ -74,27 +72,25 @@ class TrainConfig:
         num_workers: DataLoader workers (generation is batched and fast; 0 is best on small machines).
         param_budget: parameter budget the model widths are solved for.
         progress: show a progress bar.
+        extra: free-form notes recorded in config.json.
         distortion: overrides of the dataset's distortion preset fields, e.g. ``{"canvas_size": 120}``.
-        model_kwargs: extra keyword arguments of the model's factory, e.g. ``{"crop": 30}``.
+        model_kwargs: extra keyword arguments of the model's builder, e.g. ``{"crop": 30}``.
+
+    Raises:
+        ValueError: an unknown field, dataset, or both ``steps`` and ``epochs``.
+
+    Example:
+        >>> TrainConfig(recipe="paper", lr=0.1).resolved_recipe().lr
+        0.1
     """
 
-    dataset: str = "rts"
-    model: str = "st-cnn"
-    transform: str = "affine"
-    recipe: str = "cpu"
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    scheduler: str | None = None
-    loc_lr_scale: float | None = None
-    eval_every: int | None = None
-    st_downsample: str | None = None
-    channels_last: bool | None = None
-    seed: int = 0
+    dataset: str = _fixed("rts")
+    model: str = _fixed("st-cnn")
+    transform: str = _fixed("affine")
+    recipe: str = _fixed("cpu")
+    overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = _fixed()
+    seed: int = _fixed(0)
     data_dir: str | None = None
     out: str | None = None
     resume: bool = False
@@ -102,41 +98,81 @@ class TrainConfig:
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str | None = None
     threads: int | None = None
-    val_size: int = 5000
-    train_subset: int | None = None
-    val_subset: int | None = None
-    test_subset: int | None = None
+    val_size: int = _fixed(5000)
+    train_subset: int | None = _fixed()
+    val_subset: int | None = _fixed()
+    test_subset: int | None = _fixed()
     num_workers: int = 0
-    param_budget: int = DEFAULT_PARAM_BUDGET
+    param_budget: int = _fixed(DEFAULT_PARAM_BUDGET)
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in config.json
-    distortion: dict[str, Any] | None = None
-    model_kwargs: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    distortion: dict[str, Any] | None = _fixed()
+    model_kwargs: dict[str, Any] | None = _fixed()
 
-    _OVERRIDES = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
-                  "loc_lr_scale", "eval_every", "st_downsample", "channels_last", "precision")
-
-    def __post_init__(self) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        settings = {f.name for f in recipe_settings()}
+        overrides = {**(kwargs.pop("overrides", None) or {}),
+                     **{k: kwargs.pop(k) for k in [k for k in kwargs if k in settings]}}
+        own = {f.name: f for f in fields(self)}
+        unknown = sorted(set(kwargs) - set(own))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}; expected config fields "
+                             f"({', '.join(own)}) or recipe settings ({', '.join(sorted(settings))})")
+        for name, f in own.items():
+            default = f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+            setattr(self, name, kwargs.get(name, default))
+        self.overrides = {k: v for k, v in overrides.items() if v is not None}
         self.dataset = self.dataset.lower()
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASETS)}")
         self.model = self.model.lower()
-        if self.steps is not None and self.epochs is not None:
+        if "steps" in self.overrides and self.epochs is not None:
             raise ValueError("give either steps or epochs, not both")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer; got {self.epochs}")
 
+    @classmethod
+    def fixed_on_resume(cls) -> tuple[str, ...]:
+        """Return the fields and recipe settings that define what a run trains (a resumed run keeps them).
+
+        ``steps`` is not among them: a resumed run with a constant schedule may train longer.
+        """
+        own = tuple(f.name for f in fields(cls) if f.metadata.get("fixed"))
+        return own + tuple(f.name for f in recipe_settings() if not f.metadata["resumable"] and f.name != "steps")
+
     def resolved_recipe(self) -> Recipe:
         """Return the recipe with this config's overrides applied."""
-        return get_recipe(self.recipe, **{k: getattr(self, k) for k in self._OVERRIDES})
+        return get_recipe(self.recipe, **self.overrides)
 
     def st_downsample_for_model(self) -> str:
         """Return the ST output downsampling actually used: the recipe's on RTS/TC, ``"none"`` elsewhere."""
         if not self.model.startswith("st-") or self.dataset not in DOWNSAMPLED_DATASETS:
             return "none"
         return self.resolved_recipe().st_downsample
+
+    def model_arguments(self, input_size: int, in_channels: int, num_classes: int) -> dict[str, Any]:
+        """Return the arguments of this run's model builder, for data of the given image size, channels, classes.
+
+        Every builder takes the data's shape and ``param_budget``; builders with a spatial transformer take
+        ``transform`` and the recipe's ``loc_lr_scale`` (:func:`stnkit.models.model_args` says which do);
+        ``st_downsample`` is given where :meth:`st_downsample_for_model` uses it; ``model_kwargs`` come last and win.
+
+        Raises:
+            ValueError: unknown model or recipe value.
+        """
+        from stnkit import models
+
+        takes = models.model_args(self.model)
+        kw: dict[str, Any] = {"input_size": input_size, "in_channels": in_channels, "num_classes": num_classes,
+                              "param_budget": self.param_budget}
+        if "transform" in takes:
+            kw["transform"] = self.transform
+        if "loc_lr_scale" in takes:
+            kw["loc_lr_scale"] = self.resolved_recipe().loc_lr_scale
+        if self.st_downsample_for_model() != "none":
+            kw["st_downsample"] = self.st_downsample_for_model()
+        return {**kw, **(self.model_kwargs or {})}
 
     def run_dir(self) -> Path:
         """Return the run directory."""
@@ -146,8 +182,13 @@ class TrainConfig:
         return Path("runs") / "-".join([*parts, self.recipe, f"s{self.seed}"])
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the config plus the resolved recipe (``"resolved"``), JSON-ready."""
+        """Return the config, each recipe setting's override (None: the recipe's) and the resolved recipe.
+
+        The overrides are top-level keys (``"lr"``, ...), as in runs written before ``overrides`` existed.
+        """
         d = asdict(self)
+        overrides = d.pop("overrides")
+        d.update({f.name: overrides.get(f.name) for f in recipe_settings()})
         d["resolved"] = self.resolved_recipe().to_dict()
         d["resolved"]["st_downsample_used"] = self.st_downsample_for_model()
         d["resolved"]["precision_used"] = self.precision_used()
@@ -164,7 +205,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild a config from :meth:`to_dict` output (unknown keys, e.g. ``"resolved"``, are ignored)."""
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} | {f.name for f in recipe_settings()}
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,7 +14,7 @@ from torch import Tensor
 from stnkit import models
 from stnkit.modules import SpatialTransformer, param_groups
 from stnkit.training.errors import NonFiniteLossError
-from stnkit.training.recipes import OPTIMIZERS, SCHEDULERS
+from stnkit.training.recipes import Recipe, get_recipe
 
 __all__ = ["NonFiniteLossError", "STNLitModule"]
 
@@ -24,25 +24,12 @@ class STNLitModule(pl.LightningModule):
 
     Args:
         model: registered model name (:func:`stnkit.models.list_models`), e.g. ``"st-cnn"``.
-        transform: transform of ST models (any :func:`stnkit.transforms.get` name); ignored by the baselines.
-        input_size: side S of the (S, S) input images.
-        in_channels: C of the input.
-        num_classes: number of classes.
-        st_downsample: ``"none"``, ``"output_size"`` or ``"avgpool"``: how ST models halve their output.
-        param_budget: parameter budget the models' widths are solved for.
-        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
-        lr: base (peak) learning rate.
-        momentum: SGD momentum.
-        weight_decay: weight decay.
-        scheduler: ``"none"``, ``"step"``, ``"cosine"`` or ``"onecycle"`` (all stepped per iteration).
-        max_steps: total iterations (length of the cosine and one-cycle schedules).
-        step_size: iterations between decays of the step schedule.
-        gamma: decay factor of the step schedule.
-        pct_start: warm-up fraction of the one-cycle schedule.
-        loc_lr_scale: learning-rate multiplier of the localisation nets.
-        channels_last: convert model and inputs to channels-last memory format (ignored for 3-D models).
-        model_kwargs: extra keyword arguments of the model's factory (override the ones above), e.g.
-            ``{"crop": 30}``.
+        recipe: the optimisation settings (a :class:`~stnkit.training.Recipe`, its ``to_dict()``, or a recipe
+            name): optimiser, learning rate and schedule (``steps`` is the schedule's length), the localisation
+            nets' learning-rate multiplier, channels-last (ignored for 3-D models). The model's own
+            ``loc_lr_scale`` argument, if any, goes in ``model_kwargs``.
+        model_kwargs: the model builder's arguments (:func:`stnkit.models.model_args`), e.g.
+            ``{"input_size": 28, "transform": "tps"}``; an argument it does not declare is refused.
 
     Batches are ``(images (N, C, S, S) float, labels (N,) int64)``.
 
@@ -59,44 +46,31 @@ class STNLitModule(pl.LightningModule):
     (measured: the RTS ST-CNN of the 15k-step ``cpu`` recipe, localisation lr x3, lost all 20 units of its last
     hidden layer between steps 6,000 and 7,000, at the one-cycle peak, and ended at 1.50 % test error, behind the
     CNN's 1.20 %). The first validation with a frozen transformer warns once.
+
+    Raises:
+        ValueError: unknown model, recipe or recipe value, or an argument the model's builder does not take.
+
+    Example:
+        >>> STNLitModule("fcn", "smoke", {"input_size": 28})(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(
         self,
         model: str = "st-cnn",
-        transform: str = "affine",
-        input_size: int = 42,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        st_downsample: str = "none",
-        param_budget: int = models.mnist.DEFAULT_PARAM_BUDGET,
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        scheduler: str = "step",
-        max_steps: int = 150_000,
-        step_size: int = 50_000,
-        gamma: float = 0.1,
-        pct_start: float = 0.25,
-        loc_lr_scale: float = 1.0,
-        channels_last: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
+        recipe: Recipe | Mapping[str, Any] | str = "paper",
+        model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
-        kwargs = _model_kwargs(
-            model, transform=transform, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
-            st_downsample=None if st_downsample == "none" else st_downsample, param_budget=param_budget,
-            loc_lr_scale=loc_lr_scale,
-        )
-        self.model = models.create(model, **{**kwargs, **(model_kwargs or {})})  # model_kwargs override
+        if isinstance(recipe, Mapping):
+            recipe = Recipe(**recipe)
+        self.recipe = get_recipe(recipe)  # validates every setting
+        model_kwargs = dict(model_kwargs or {})
+        self.save_hyperparameters({"model": model, "recipe": self.recipe.to_dict(), "model_kwargs": model_kwargs})
+        self.model = models.build(model, **model_kwargs)
         # channels-last is a 4-D memory format: volume models (Conv3d, 5-D inputs) keep the default layout
-        self.channels_last = channels_last and not any(isinstance(m, torch.nn.Conv3d) for m in self.model.modules())
+        self.channels_last = self.recipe.channels_last and \
+            not any(isinstance(m, torch.nn.Conv3d) for m in self.model.modules())
         self._transformers = [m for m in self.model.modules() if isinstance(m, SpatialTransformer)]
         self._blank: list[float] = []
         self._frozen: list[float] = []
@@ -104,6 +78,33 @@ class STNLitModule(pl.LightningModule):
         self.run_info: dict[str, Any] | None = None  # set by fit(): stored in every checkpoint
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> STNLitModule:
+        """Rebuild a module from a checkpoint's ``hyper_parameters``: this version's, or the loose ones before it.
+
+        Checkpoints written before recipes were passed whole hold the recipe's values, ``max_steps`` and the
+        model's arguments side by side (``st_downsample`` ``"none"`` for no downsampling); the model gets the
+        ones its builder declares, as it did then.
+
+        Raises:
+            ValueError: unknown model or recipe value, or arguments the model does not take.
+        """
+        if "recipe" in hparams:
+            return cls(**hparams)
+        hp = dict(hparams)
+        recipe = Recipe("checkpoint", **{f: hp[f] for f in ("optimizer", "lr", "momentum", "weight_decay",
+                                                            "scheduler", "step_size", "gamma", "pct_start",
+                                                            "loc_lr_scale", "channels_last") if f in hp},
+                        steps=hp.get("max_steps", Recipe.steps))
+        model = hp.get("model", "st-cnn")
+        down = hp.get("st_downsample", "none")
+        given: dict[str, Any] = {k: hp[k] for k in ("transform", "input_size", "in_channels", "num_classes", "param_budget",
+                                    "loc_lr_scale") if k in hp}
+        given["st_downsample"] = None if down == "none" else down
+        takes = models.model_args(model)
+        kwargs = {k: v for k, v in given.items() if k in takes}
+        return cls(model, recipe, {**kwargs, **(hp.get("model_kwargs") or {})})
 
     def forward(self, x: Tensor) -> Tensor:
         """Return logits (N, num_classes) for images (N, C, S, S)."""
@@ -123,8 +124,8 @@ class STNLitModule(pl.LightningModule):
         if not torch.isfinite(loss):  # host sync, once per step: no silent NaN training
             raise NonFiniteLossError(
                 f"training stopped: non-finite loss ({loss.item()}) at step {self.global_step}; the last good "
-                f"weights are in the run's last checkpoint. Try a lower --lr (now {self.hparams['lr']}), a lower "
-                f"--loc-lr-scale (now {self.hparams['loc_lr_scale']}) or another --optimizer"
+                f"weights are in the run's last checkpoint. Try a lower --lr (now {self.recipe.lr}), a lower "
+                f"--loc-lr-scale (now {self.recipe.loc_lr_scale}) or another --optimizer"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/err", err, batch_size=n)
@@ -154,7 +155,7 @@ class STNLitModule(pl.LightningModule):
             self._frozen.append(100.0 if float(features.std(dim=0).amax()) < 1e-6 else 0.0)
 
     def on_validation_epoch_end(self) -> None:
-        scale = self.hparams["loc_lr_scale"]
+        scale = self.recipe.loc_lr_scale
         if self._frozen:
             frozen, self._frozen = sum(self._frozen) / len(self._frozen), []
             self._monitor("st_frozen", frozen, frozen > 0,
@@ -188,7 +189,7 @@ class STNLitModule(pl.LightningModule):
             checkpoint["stnkit"] = {"config": self.run_info, "version": __version__}
 
     def configure_optimizers(self) -> Any:
-        hp: Any = self.hparams
+        hp = self.recipe
         groups = param_groups(self.model, hp.lr, hp.weight_decay)  # localisation nets at lr * loc_lr_scale
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
@@ -201,21 +202,11 @@ class STNLitModule(pl.LightningModule):
         if hp.scheduler == "step":
             sched: Any = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=hp.gamma)
         elif hp.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.max_steps)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.steps)
         else:
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=[g["lr"] for g in groups], total_steps=hp.max_steps, pct_start=hp.pct_start,
+                opt, max_lr=[g["lr"] for g in groups], total_steps=hp.steps, pct_start=hp.pct_start,
                 cycle_momentum=hp.optimizer == "sgd" and hp.momentum > 0,
             )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def _model_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
-    """Keep the keyword arguments the model's factory accepts (baselines take no transform)."""
-    from stnkit.models._registry import _MODELS
-
-    factory = _MODELS.get(name)
-    if factory is None:  # let create() raise its message listing the known names
-        return kwargs
-    accepted = inspect.signature(factory).parameters
-    return {k: v for k, v in kwargs.items() if k in accepted}

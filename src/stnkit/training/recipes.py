@@ -1,22 +1,45 @@
 """Named training recipes: the paper's, a fast CPU one, the demo's and a seconds-long smoke test.
 
 A recipe fixes everything about optimisation that is not the architecture; a run's config records the recipe's
-name and every resolved value, so a run states exactly how it was trained.
+name and every resolved value, so a run states exactly how it was trained. :class:`Recipe`'s fields are the one
+declaration of these settings: their metadata (help, choices, checks) generates the ``stnkit train`` override
+flags, :class:`~stnkit.training.TrainConfig`'s overrides and the ``--resume`` conflict checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
+from typing import Any
 
-__all__ = ["OPTIMIZERS", "RECIPES", "SCHEDULERS", "Recipe", "get_recipe"]
+__all__ = ["OPTIMIZERS", "PRECISIONS", "RECIPES", "SCHEDULERS", "ST_DOWNSAMPLE", "Recipe", "get_recipe",
+           "recipe_settings"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
+ST_DOWNSAMPLE = ("output_size", "avgpool")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+# value checks a setting may name: (predicate, what the error says the value must be)
+_CHECKS = {
+    "positive": (lambda v: v > 0, "positive"),
+    "non-negative": (lambda v: v >= 0, ">= 0"),
+    "fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, check: str | None = None,
+             resumable: bool = False) -> Any:
+    """Declare a recipe field: default, one line of help, allowed values, and whether ``--resume`` may change it."""
+    return field(default=default, metadata={"help": help, "choices": choices, "check": check,
+                                            "resumable": resumable})
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Optimisation settings of a training run.
+
+    Every field but ``name`` and ``note`` is a setting: ``stnkit train --<field-name>`` and
+    ``TrainConfig(<field>=...)`` override it, and ``--resume`` refuses to change it (see :func:`recipe_settings`).
 
     Args:
         name: the recipe's name.
@@ -39,29 +62,49 @@ class Recipe:
         precision: Lightning precision, or ``"auto"``: ``"bf16-mixed"`` on CPUs with native bfloat16 arithmetic
             (AVX512-BF16, AMX), ``"32-true"`` elsewhere. Grids and sampling stay float32 either way.
         note: why the recipe is what it is.
+
+    Example:
+        >>> Recipe("mine", lr=0.1).scheduler
+        'step'
     """
 
     name: str
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    scheduler: str = "step"
-    step_size: int = 50_000
-    gamma: float = 0.1
-    pct_start: float = 0.25
-    batch_size: int = 256
-    steps: int = 150_000
-    eval_every: int = 5_000
-    loc_lr_scale: float = 1.0
-    st_downsample: str = "avgpool"
-    channels_last: bool = False
-    precision: str = "32-true"
+    optimizer: str = _setting("sgd", "optimiser", choices=OPTIMIZERS)
+    lr: float = _setting(0.01, "base (peak, for onecycle) learning rate", check="positive")
+    momentum: float = _setting(0.0, "SGD momentum", check="non-negative")
+    weight_decay: float = _setting(0.0, "weight decay (decoupled for adamw)", check="non-negative")
+    scheduler: str = _setting("step", "learning-rate schedule, stepped per iteration", choices=SCHEDULERS)
+    step_size: int = _setting(50_000, "steps between decays of the step schedule", check="positive")
+    gamma: float = _setting(0.1, "decay factor of the step schedule", check="positive")
+    pct_start: float = _setting(0.25, "warm-up fraction of the onecycle schedule", check="fraction")
+    batch_size: int = _setting(256, "training batch size", check="positive")
+    steps: int = _setting(150_000, "optimiser steps", check="positive")
+    eval_every: int = _setting(5_000, "steps between validations and checkpoints", check="positive")
+    loc_lr_scale: float = _setting(1.0, "learning-rate multiplier of the localisation nets", check="non-negative")
+    st_downsample: str = _setting("avgpool", "how ST models halve their output on RTS/TC/addition",
+                                  choices=ST_DOWNSAMPLE)
+    channels_last: bool = _setting(False, "channels-last convolutions")
+    precision: str = _setting("32-true", "Lightning precision; auto = bf16-mixed on CPUs with native bfloat16",
+                              choices=PRECISIONS, resumable=True)
     note: str = ""
 
     def to_dict(self) -> dict:
         """Return the recipe as a JSON-ready dict."""
         return asdict(self)
+
+
+def recipe_settings() -> tuple[Field, ...]:
+    """Return the recipe's settings: the fields of :class:`Recipe` that runs may override (all but name, note).
+
+    Each field's ``metadata`` holds ``"help"`` (one line), ``"choices"`` (allowed strings or None), ``"check"``
+    (``"positive"``, ``"non-negative"``, ``"fraction"`` or None) and ``"resumable"`` (whether a resumed run may
+    change it: how it runs, not what it trains).
+
+    Example:
+        >>> [f.name for f in recipe_settings()][:3]
+        ['optimizer', 'lr', 'momentum']
+    """
+    return tuple(f for f in fields(Recipe) if "help" in f.metadata)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -99,11 +142,11 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get_recipe(name: str | Recipe, **overrides) -> Recipe:
+def get_recipe(name: str | Recipe, **overrides: Any) -> Recipe:
     """Return a named recipe, with fields replaced by the non-None ``overrides``.
 
     Raises:
-        ValueError: unknown recipe name or field value.
+        ValueError: unknown recipe name, field or field value.
 
     Example:
         >>> get_recipe("paper", steps=10).steps
@@ -119,23 +162,17 @@ def get_recipe(name: str | Recipe, **overrides) -> Recipe:
     if unknown:
         raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-    _validate(recipe)
+    for f in recipe_settings():
+        _check(f, getattr(recipe, f.name))
     return recipe
 
 
-def _validate(r: Recipe) -> None:
-    if r.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {r.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    if r.scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {r.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
-    if r.st_downsample not in ("output_size", "avgpool"):
-        raise ValueError(f"unknown st_downsample {r.st_downsample!r}; expected 'output_size' or 'avgpool'")
-    for field in ("steps", "batch_size", "eval_every", "step_size"):
-        if getattr(r, field) < 1:
-            raise ValueError(f"{field} must be a positive integer; got {getattr(r, field)}")
-    if r.lr <= 0:
-        raise ValueError(f"lr must be positive; got {r.lr}")
-    if r.loc_lr_scale < 0:
-        raise ValueError(f"loc_lr_scale must be >= 0; got {r.loc_lr_scale}")
-    if not 0 < r.pct_start < 1:
-        raise ValueError(f"pct_start must be in (0, 1); got {r.pct_start}")
+def _check(f: Field, value: Any) -> None:
+    choices, check = f.metadata["choices"], f.metadata["check"]
+    if choices is not None and value not in choices:
+        raise ValueError(f"unknown {f.name} {value!r}; expected one of {', '.join(choices)}")
+    if check is not None:
+        ok, what = _CHECKS[check]
+        if not ok(value):
+            kind = " integer" if f.type == "int" and check == "positive" else ""
+            raise ValueError(f"{f.name} must be {'a ' if kind else ''}{what}{kind}; got {value}")

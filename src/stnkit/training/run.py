@@ -161,24 +161,16 @@ def fit(
     t0 = time.perf_counter()
     recipe = config.resolved_recipe()
     run_dir = config.run_dir()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     dm: Any = datamodule or make_datamodule(config, recipe.batch_size)
     if config.epochs is not None:  # epochs -> steps, from the training loader's length
         dm.prepare_data()
         dm.setup("fit")
-        config = dataclasses.replace(config, steps=config.epochs * len(dm.train_dataloader()), epochs=None,
+        steps = config.epochs * len(dm.train_dataloader())
+        config = dataclasses.replace(config, overrides={**config.overrides, "steps": steps}, epochs=None,
                                      extra={**config.extra, "epochs": config.epochs})
         recipe = config.resolved_recipe()
-    lit = STNLitModule(
-        model=config.model, transform=config.transform, input_size=dm.image_size, in_channels=dm.in_channels,
-        num_classes=dm.num_classes, st_downsample=config.st_downsample_for_model(),
-        param_budget=config.param_budget, optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay, scheduler=recipe.scheduler, max_steps=recipe.steps,
-        step_size=recipe.step_size, gamma=recipe.gamma, pct_start=recipe.pct_start,
-        loc_lr_scale=recipe.loc_lr_scale, channels_last=recipe.channels_last, model_kwargs=config.model_kwargs,
-    )
+    lit = STNLitModule(config.model, recipe, config.model_arguments(dm.image_size, dm.in_channels, dm.num_classes))
     if datamodule is None:  # fail fast (missing MNIST, subsets larger than the data) before anything is written
         dm.prepare_data()
         dm.setup("fit")
@@ -351,7 +343,7 @@ def load_checkpoint(path: str | Path, which: str = "last") -> tuple[STNLitModule
     ckpt_path = resolve_checkpoint(path, which)
     ckpt = check_checkpoint(ckpt_path)
     try:
-        lit = STNLitModule(**ckpt["hyper_parameters"])
+        lit = STNLitModule.from_hparams(ckpt["hyper_parameters"])
         config = TrainConfig.from_dict(ckpt["stnkit"]["config"])
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"checkpoint {ckpt_path} does not describe a model this stnkit builds: "
