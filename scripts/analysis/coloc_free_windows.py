@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, coloc_set_name, existing_dir, load_encoder_and_digits
+from common import RESULTS, add_coloc_arguments, coloc_set_name, load_encoder_and_digits
 from common import parser as make_parser
 
 from stnkit.data import make_coloc_set
@@ -56,12 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("sets", nargs="+", help="coloc set keys: t-5, tc-1, ...")
     p.add_argument("--blur", type=float, default=0.0, help="blur sigma (px) at step 0")
     p.add_argument("--budget", default="cpu-1k", help="coloc budget giving steps, lr and set size")
-    p.add_argument("--cells", type=existing_dir, default=RESULTS / "coloc" / "cells",
-                   help="a coloc run's cells folder holding encoder/ (default: results/coloc/cells)")
+    add_coloc_arguments(p)
     p.add_argument("--out", type=Path, default=RESULTS / "coloc" / "diagnosis" / "free_windows.md",
                    help="markdown table appended to")
     args = p.parse_args(argv)
-    encoder, test_x, test_y, train_x = load_encoder_and_digits(args.cells, args.data)
+    encoder, test_x, test_y, train_x = load_encoder_and_digits(args)
     budget = EXPERIMENT.budget(args.budget).fields_for(EXPERIMENT.cells[0])
     steps, n = budget["steps"], budget["n"]
     lines = []

@@ -14,7 +14,15 @@ import json
 from pathlib import Path
 
 import torch
-from common import RESULTS, box_params, coloc_set_name, existing_dir, load_encoder_and_digits, loss_at
+from common import (
+    RESULTS,
+    add_coloc_arguments,
+    box_params,
+    coloc_set_name,
+    existing_dir,
+    load_encoder_and_digits,
+    loss_at,
+)
 from common import parser as make_parser
 
 from stnkit.data import make_coloc_set
@@ -26,15 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     """Evaluate and restart every set named on the command line; write one md table per set."""
     p = make_parser(__doc__)
     p.add_argument("sets", nargs="*", default=["tc-1-heatmap", "tc-8-heatmap"], help="coloc heatmap set keys")
-    p.add_argument("--cells", type=existing_dir, default=RESULTS / "coloc" / "cells",
-                   help="a coloc run's cells folder (default: results/coloc/cells)")
+    add_coloc_arguments(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="restart seeds")
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps per restart")
     p.add_argument("--draws", type=int, default=30, help="draws of the random negatives per loss")
     p.add_argument("--out", type=existing_dir, default=RESULTS / "coloc" / "diagnosis",
                    help="folder of the heatmap_failures_<set>.md files")
     args = p.parse_args(argv)
-    encoder, test_x, test_y, train_x = load_encoder_and_digits(args.cells, args.data)
+    encoder, test_x, test_y, train_x = load_encoder_and_digits(args)
     for name in args.sets:
         res = json.loads((args.cells / name / "s0" / "result.json").read_text())
         kind, digit = coloc_set_name(name)

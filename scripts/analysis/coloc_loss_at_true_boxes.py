@@ -14,7 +14,15 @@ objective is right and the optimisation stopped short of its optimum. Needs the 
 import json
 
 import torch
-from common import COLOC_SIZE, RESULTS, box_params, coloc_set_name, existing_dir, load_encoder_and_digits, loss_at
+from common import (
+    COLOC_SIZE,
+    RESULTS,
+    add_coloc_arguments,
+    box_params,
+    coloc_set_name,
+    load_encoder_and_digits,
+    loss_at,
+)
 from common import parser as make_parser
 
 from stnkit.data import make_coloc_set
@@ -27,12 +35,11 @@ HEAD = ("# Triplet loss at the learned windows and at the true digit frames "
 def main(argv: list[str] | None = None) -> None:
     """Evaluate every finished set; write the md table."""
     p = make_parser(__doc__)
-    p.add_argument("--cells", type=existing_dir, default=RESULTS / "coloc" / "cells",
-                   help="a coloc run's cells folder (default: results/coloc/cells)")
+    add_coloc_arguments(p)
     p.add_argument("--draws", type=int, default=30, help="draws of the random negatives per loss")
     p.add_argument("--out", default=RESULTS / "coloc" / "diagnosis" / "loss_at_true_boxes.md", help="markdown written")
     args = p.parse_args(argv)
-    encoder, test_x, test_y, train_x = load_encoder_and_digits(args.cells, args.data)
+    encoder, test_x, test_y, train_x = load_encoder_and_digits(args)
     rows = ["| set | correct % | loss: learned windows | loss: true frames | loss: learned scale, true centres | "
             "mean offset (x, y) px | offset std (x, y) px |", "|---|---|---|---|---|---|---|"]
     for cell in sorted(p for p in args.cells.iterdir() if p.name != "encoder" and (p / "result.json").exists()):

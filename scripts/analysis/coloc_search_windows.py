@@ -14,7 +14,14 @@ every set). Needs the encoder's checkpoint (not committed: ``results/coloc/diagn
 import json
 
 import torch
-from common import RESULTS, box_params, coloc_set_name, existing_dir, load_encoder_and_digits, loss_at
+from common import (
+    RESULTS,
+    add_coloc_arguments,
+    box_params,
+    coloc_set_name,
+    load_encoder_and_digits,
+    loss_at,
+)
 from common import parser as make_parser
 
 from stnkit.data import make_coloc_set
@@ -68,14 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     """Search every finished set named on the command line (default: all); write the md table."""
     p = make_parser(__doc__)
     p.add_argument("sets", nargs="*", help="coloc set keys (default: every finished set)")
-    p.add_argument("--cells", type=existing_dir, default=RESULTS / "coloc" / "cells",
-                   help="a coloc run's cells folder (default: results/coloc/cells)")
+    add_coloc_arguments(p)
     p.add_argument("--sweeps", type=int, default=3, help="sweeps over the images")
     p.add_argument("--grid-px", type=float, default=3.0, help="spacing of the candidate windows (pixels)")
     p.add_argument("--draws", type=int, default=30, help="draws of the random negatives for the reported losses")
     p.add_argument("--out", default=RESULTS / "coloc" / "diagnosis" / "search_windows.md", help="markdown written")
     args = p.parse_args(argv)
-    encoder, test_x, test_y, train_x = load_encoder_and_digits(args.cells, args.data)
+    encoder, test_x, test_y, train_x = load_encoder_and_digits(args)
     names = args.sets or sorted(c.name for c in args.cells.iterdir() if (c / "result.json").exists()
                                 and c.name != "encoder")
     rows = ["| set | correct %: transformer | correct %: after the search | loss: transformer | "

@@ -45,12 +45,24 @@ def coloc_set_name(name: str) -> tuple[str, int]:
     return kind, int(digit)
 
 
-def load_encoder_and_digits(cells: Path, data: str | None) -> tuple[CNNEmbedding, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor]:
-    """The frozen embedding of ``cells/encoder/s0`` and MNIST's test digits, test labels and training digits."""
+def add_coloc_arguments(p: argparse.ArgumentParser) -> None:
+    """``--cells`` (a coloc run's cells folder) and ``--encoder`` (the frozen encoder's run folder)."""
+    p.add_argument("--cells", type=existing_dir, default=RESULTS / "coloc" / "cells",
+                   help="a coloc run's cells folder (default: results/coloc/cells)")
+    p.add_argument("--encoder", type=existing_dir, default=None,
+                   help="the encoder's run folder, holding checkpoints/ (default: <cells>/encoder/s0)")
+
+
+def load_encoder_and_digits(args: argparse.Namespace) -> tuple[CNNEmbedding, torch.Tensor, torch.Tensor,
+                                                               torch.Tensor]:
+    """The frozen embedding of ``args.encoder`` and MNIST's (``args.data``) test digits, labels and training digits."""
     torch.set_num_threads(1)
-    lit, _, _ = load_checkpoint(cells / "encoder" / "s0")
-    root = find_mnist(data, download=False)
+    encoder = args.encoder or args.cells / "encoder" / "s0"
+    if not (encoder / "checkpoints").is_dir():
+        raise SystemExit(f"no encoder checkpoint in {encoder}/checkpoints: it is not committed; recreate it as "
+                         "results/coloc/diagnosis/README.md says and pass --encoder")
+    lit, _, _ = load_checkpoint(encoder)
+    root = find_mnist(args.data, download=False)
     test_x, test_y = load_mnist(root, "test")
     train_x, _ = load_mnist(root, "train")
     return CNNEmbedding(lit.model), test_x, test_y, train_x

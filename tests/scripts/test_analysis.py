@@ -84,6 +84,11 @@ def test_missing_folder_is_one_clear_error(tmp_path, capsys):
     assert "expected an existing folder" in capsys.readouterr().err
 
 
+def test_uncommitted_encoder_is_named():
+    with pytest.raises(SystemExit, match="no encoder checkpoint .* not committed"):
+        script("coloc_search_windows").main(["t-5", "--cells", str(REPO / "results" / "coloc" / "cells")])
+
+
 def test_box_params_inverts_attended_box():
     common = script("common")
     boxes = torch.tensor([[28.0, 0.0, 56.0, 28.0], [10.0, 40.0, 42.0, 72.0], [0.0, 0.0, 84.0, 84.0]])
