@@ -19,9 +19,9 @@ from stnkit.grid import denormalize_points
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Panel", "attended_region", "attention_panels", "box_outline", "error_curves", "gif_of_run",
-           "load_test_images", "panel_figure", "plot_transformations", "transformer_panels", "transformer_rows",
-           "visualize_run"]
+__all__ = ["Panel", "attended_region", "attention_panels", "box_outline", "error_curves", "error_curves_side_by_side",
+           "gif_of_run", "load_test_images", "panel_figure", "plot_transformations", "transformer_panels",
+           "transformer_rows", "visualize_run"]
 
 
 def _border(points_per_edge: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -395,3 +395,45 @@ def gif_of_run(run_dir: str | Path, out: str | Path, *, n: int = 8, ncols: int =
     out.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(out, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
     return out
+
+
+def error_curves_side_by_side(series: Sequence[dict[str, Any]], title: str,
+                              xs: Sequence[str] = ("samples", "train_s"), width_ratios: Sequence[float] = (1.0, 1.45),
+                              size: tuple[float, float] = (16.0, 6.0)) -> Figure:
+    """Plot the same runs' validation error against several training lengths side by side, one legend at the right.
+
+    Args:
+        series: one dict per run, as :func:`error_curves`; runs without a ``color`` get the 20 colours of ``tab20``.
+        title: figure title.
+        xs: one panel per entry, each an ``x`` of :func:`error_curves`.
+        width_ratios: relative panel widths, one per ``xs`` (the last panel also holds the legend).
+        size: (width, height) of the figure in inches.
+
+    Returns:
+        A matplotlib ``Figure`` with one subfigure per ``xs``.
+
+    Raises:
+        ValueError: ``xs`` and ``width_ratios`` of different lengths, or an unknown ``x``.
+
+    Example:
+        >>> curve = [{"step": 1, "samples": 128, "train_s": 2.0, "val_err": 5.0}]
+        >>> fig = error_curves_side_by_side([{"label": "a", "curve": curve}], "runs")
+        >>> len(fig.subfigs)
+        2
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    if len(xs) != len(width_ratios):
+        raise ValueError(f"width_ratios must have one entry per x ({len(xs)}); got {len(width_ratios)}")
+    names = {"step": "iterations", "samples": "training samples", "train_s": "training time"}
+    cmap = colormaps["tab20"]
+    coloured = [{"color": cmap(i % 20), **s} for i, s in enumerate(series)]
+    fig = Figure(figsize=size, layout="constrained")
+    subs = list(fig.subfigures(1, len(xs), width_ratios=list(width_ratios), squeeze=False)[0])
+    for sub, x in zip(subs, xs):
+        error_curves(coloured, f"validation error vs {names.get(x, x)}", x=x, figure=sub, legend=False)
+    fig.suptitle(title)
+    handles, labels = subs[-1].axes[0].get_legend_handles_labels()
+    subs[-1].legend(handles, labels, loc="outside right center", fontsize=7)
+    return fig

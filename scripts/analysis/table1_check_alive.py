@@ -1,0 +1,60 @@
+"""Were the Table 1 transformers alive at the end of training? One row per finished ST cell of Table 1 runs.
+
+For each cell's final checkpoint (``<cells>/<key>/s0/checkpoints/last.ckpt``, kept on the machine that ran it, not
+in git), on 500 test images of the cell's dataset: how many units of the localisation net's last hidden layer are
+dead (zero for every image) and the std over the images of the predicted transformation parameters (0: one fixed
+warp for all). The R and RTS cells ran before training logged ``val/st_frozen``; this checks them after the fact.
+Cells of every folder after the first are marked with their folder. Output: ``--out``
+(default ``results/table1/loc-lr-x3-tc/alive.md``).
+
+    STNKIT_DATA=/path/to/mnist python scripts/analysis/table1_check_alive.py
+"""
+
+import json
+
+import torch
+from common import RESULTS, existing_dir, localization_state
+from common import parser as make_parser
+
+from stnkit.data import distort, find_mnist, load_mnist
+from stnkit.training import load_checkpoint
+
+HERE = RESULTS / "table1" / "loc-lr-x3-tc"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Check every finished ST cell with a checkpoint; write the md table."""
+    p = make_parser(__doc__)
+    p.add_argument("--cells", type=existing_dir, nargs="+", default=[RESULTS / "table1" / "cells", HERE / "cells"],
+                   help="Table 1 cells folders (default: results/table1/cells and loc-lr-x3-tc/cells)")
+    p.add_argument("--images", type=int, default=500, help="test images per dataset")
+    p.add_argument("--out", default=HERE / "alive.md", help="markdown written")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    x, y = load_mnist(find_mnist(args.data, download=False), "test")
+    x, y = x[:args.images], y[:args.images]
+    images = {}
+    rows = [f"| cell | loc lr x | dead units of the last hidden layer | parameter std over images | error % "
+            f"({args.images} images) |", "|---|---|---|---|---|"]
+    for i, folder in enumerate(args.cells):
+        for cell in sorted(folder.iterdir()):
+            ckpt = cell / "s0" / "checkpoints" / "last.ckpt"
+            if not (cell / "result.json").exists() or not ckpt.exists() or "-st-" not in cell.name:
+                continue
+            d = json.loads((cell / "result.json").read_text())["dataset"]
+            if d not in images:
+                images[d] = distort(d, x, torch.arange(len(x)), split="test").images
+            lit, _, _ = load_checkpoint(ckpt)
+            state = localization_state(lit.model.eval(), images[d], y)
+            where = f" (`{folder.parent.name}/{folder.name}`)" if i else ""
+            rows.append(f"| {cell.name}{where} | {lit.hparams['loc_lr_scale']:g} | {state['dead']} of "
+                        f"{state['units']} | {state['param_std']:.4f} | {state['error']:.1f} |")
+            print(rows[-1], flush=True)
+    with open(args.out, "w") as f:
+        f.write("# Table 1 transformers at the end of training: alive or dead\n\n" + "\n".join(rows) + "\n\n"
+                "Dead: every unit of the last hidden layer zero for every image, so the transformer is one fixed "
+                "warp (parameter std 0).\n")
+
+
+if __name__ == "__main__":
+    main()
