@@ -19,9 +19,9 @@ from stnkit.grid import denormalize_points
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Panel", "attended_region", "attention_panels", "box_outline", "error_curves", "error_curves_side_by_side",
-           "gif_of_run", "load_test_images", "panel_figure", "plot_transformations", "transformer_panels",
-           "transformer_rows", "visualize_run"]
+__all__ = ["REGION_COLORS", "Panel", "attended_region", "attention_panels", "box_outline", "error_curves",
+           "error_curves_side_by_side", "gif_of_run", "load_test_images", "panel_figure", "plot_transformations",
+           "region_panels", "transformer_panels", "transformer_rows", "visualize_run"]
 
 
 def _border(points_per_edge: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -437,3 +437,41 @@ def error_curves_side_by_side(series: Sequence[dict[str, Any]], title: str,
     handles, labels = subs[-1].axes[0].get_legend_handles_labels()
     subs[-1].legend(handles, labels, loc="outside right center", fontsize=7)
     return fig
+
+
+#: colours of serial transformers' regions, first to last (:func:`region_panels`)
+REGION_COLORS = ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:cyan")
+
+
+def region_panels(images: Tensor, regions: Sequence[Tensor], titles: Sequence[str] = (),
+                  colors: Sequence[str] = REGION_COLORS) -> list[Panel]:
+    """Return one panel per input image with several transformers' attended regions drawn over it.
+
+    For serial transformers (e.g. SVHN's ST-CNN Multi, whose later transformers act on feature maps) the regions
+    are each transformer's output frame composed back into the input (:meth:`stnkit.models.svhn.SequenceNet.
+    attended_regions`).
+
+    Args:
+        images: inputs (N, C, H, W) in [0, 1].
+        regions: per transformer, the output frame's corners or border (N, M, 2) as (x, y) in input pixel-edge
+            coordinates (pixel i spans [i, i + 1], as :func:`stnkit.models.svhn.region_corners`); drawn closed.
+        titles: per image, a panel title (none when empty).
+        colors: per transformer, the outline's colour (cycled).
+
+    Returns:
+        N :class:`Panel` s.
+
+    Example:
+        >>> square = torch.tensor([[[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0]]])
+        >>> p = region_panels(torch.zeros(1, 1, 4, 4), [square, square / 2])[0]
+        >>> len(p.outlines), p.outlines[0][0][[0, -1]].tolist()
+        (2, [[-0.5, -0.5], [-0.5, -0.5]])
+    """
+    panels = []
+    for i in range(images.shape[0]):
+        outlines = []
+        for k, region in enumerate(regions):
+            line = region[i].detach().float().cpu() - 0.5  # (M, 2) pixel centres at integers
+            outlines.append((torch.cat([line, line[:1]]), {"color": colors[k % len(colors)], "lw": 1.2}))
+        panels.append(Panel(images[i].detach().cpu(), tuple(outlines), title=titles[i] if titles else ""))
+    return panels
