@@ -141,12 +141,13 @@ def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> Sequen
         train_all = SVHNSequences(root, "train", random_crop=crop is not None, seed=seed, **kw)
         val_all = SVHNSequences(root, "train", **kw)
         n_val = min(int(fields["val_size"]), len(train_all) // 2)
-        parts = [Subset(train_all, range(len(train_all) - n_val))]
+        parts: list[Any] = [Subset(train_all, range(len(train_all) - n_val))]
         if (root / "extra" / "digitStruct.mat").is_file():
             parts.append(SVHNSequences(root, "extra", random_crop=crop is not None, seed=seed, **kw))
-        train = _EpochConcat(parts, [train_all, *parts[1:]]) if len(parts) > 1 else _EpochSubset(parts[0], train_all)
-        val = Subset(val_all, range(len(train_all) - n_val, len(train_all)))
-        test = SVHNSequences(root, "test", **kw)
+        train: Any = _EpochConcat(parts, [train_all, *parts[1:]]) if len(parts) > 1 else _EpochSubset(parts[0],
+                                                                                                       train_all)
+        val: Any = Subset(val_all, range(len(train_all) - n_val, len(train_all)))
+        test: Any = SVHNSequences(root, "test", **kw)
         if fields.get("test_size"):
             test = Subset(test, range(min(int(fields["test_size"]), len(test))))
         return SequenceData("svhn", train, val, test, 3, crop or size, str(root))
@@ -155,8 +156,8 @@ def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> Sequen
     mnist = find_mnist(data_dir, download=data_dir is None)
     train_x, train_y = load_mnist(mnist, "train")
     test_x, test_y = load_mnist(mnist, "test")
-    train = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], int(fields["steps"]) * int(fields["batch_size"]),
-                            seed=seed, split="train")
+    n_train = int(fields["steps"]) * int(fields["batch_size"])
+    train = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], n_train, seed=seed, split="train")
     val = MultiDigitMNIST(train_x[-MNIST_VAL:], train_y[-MNIST_VAL:], int(fields["val_size"]), seed=0, split="val")
     test = MultiDigitMNIST(test_x, test_y, int(fields.get("test_size") or len(test_x)), seed=0, split="test")
     return SequenceData("proxy", train, val, test, 1, train.canvas_size, str(mnist))

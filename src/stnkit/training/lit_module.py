@@ -99,8 +99,8 @@ class STNLitModule(pl.LightningModule):
                         steps=hp.get("max_steps", Recipe.steps))
         model = hp.get("model", "st-cnn")
         down = hp.get("st_downsample", "none")
-        given: dict[str, Any] = {k: hp[k] for k in ("transform", "input_size", "in_channels", "num_classes", "param_budget",
-                                    "loc_lr_scale") if k in hp}
+        names = ("transform", "input_size", "in_channels", "num_classes", "param_budget", "loc_lr_scale")
+        given: dict[str, Any] = {k: hp[k] for k in names if k in hp}
         given["st_downsample"] = None if down == "none" else down
         takes = models.model_args(model)
         kwargs = {k: v for k, v in given.items() if k in takes}
