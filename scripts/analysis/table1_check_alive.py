@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             lit, _, _ = load_checkpoint(ckpt)
             state = localization_state(lit.model.eval(), images[d], y)
             where = f" (`{folder.parent.name}/{folder.name}`)" if i else ""
-            rows.append(f"| {cell.name}{where} | {lit.hparams['loc_lr_scale']:g} | {state['dead']} of "
+            rows.append(f"| {cell.name}{where} | {lit.recipe.loc_lr_scale:g} | {state['dead']} of "
                         f"{state['units']} | {state['param_std']:.4f} | {state['error']:.1f} |")
             print(rows[-1], flush=True)
     with open(args.out, "w") as f:
