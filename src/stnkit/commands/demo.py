@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from stnkit.commands._common import print_metrics_table, progress_default
+from stnkit.commands._common import print_metrics_table, progress_default, set_threads
 from stnkit.files import atomic_write_json
 
 NAME = "demo"
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from stnkit.training.errors import RunInterrupted
     from stnkit.viz import visualize_run
 
+    set_threads(args.threads)
     t0 = time.perf_counter()
     out = Path(args.out)
     rows = []
