@@ -396,10 +396,23 @@ def download_svhn(root: str | os.PathLike, names: Sequence[str] = ("train.tar.gz
             archive = fetch_verified(base_url.rstrip("/") + "/" + name, root / name, algorithm, digest, opener)
             try:
                 with tarfile.open(archive, "r:gz") as tar:
-                    tar.extractall(root, filter="data")
+                    _safe_extract(tar, root)
             except (tarfile.TarError, OSError) as err:
                 raise DataError(f"{archive}: cannot unpack ({err}); delete it and download again") from err
             archive.unlink()
         elif not (root / name).is_file():
             fetch_verified(base_url.rstrip("/") + "/" + name, root / name, algorithm, digest, opener)
     return root
+
+
+def _safe_extract(tar: tarfile.TarFile, root: Path) -> None:
+    """Unpack regular files and folders inside ``root`` only (the ``"data"`` filter where Python has it)."""
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12
+        tar.extractall(root, filter="data")
+        return
+    base = root.resolve()
+    for member in tar.getmembers():
+        target = (base / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or base not in (target, *target.parents):
+            raise tarfile.TarError(f"unsafe member {member.name!r}")
+    tar.extractall(root)
