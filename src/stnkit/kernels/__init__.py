@@ -1,10 +1,10 @@
 """Fused warp kernels: matrices (N, 3, 3) in, warped images out, as ``torch.library`` custom ops.
 
-This package sits below :mod:`stnkit.transforms` and imports only torch: it takes output->source matrices in the
-normalised frame (see :mod:`stnkit.kernels.ops` for the convention), never a Transform. The ops run through
-``torch.compile(fullgraph=True)`` and ``torch.export``, and are exact to second order (their backward is
-differentiable). Under ``torch.func`` transforms (grad, vmap), which cannot enter these ops, the same functions
-compute the reference composition in plain torch ops.
+This package sits below :mod:`stnkit.transforms` and imports only torch and :mod:`stnkit.grid`: it takes
+output->source matrices in the normalised frame (see :mod:`stnkit.kernels.ops` for the convention), never a
+Transform. The ops run through ``torch.compile(fullgraph=True)`` and ``torch.export``, and are exact to second
+order (their backward is differentiable). Under ``torch.func`` transforms (grad, vmap), which cannot enter these ops,
+the same functions compute the reference composition in plain torch ops.
 
 Per device: on CPU a C++ kernel (built with ninja and the system compiler on first use, cached; see
 :mod:`stnkit.kernels.build`), on CUDA the Triton kernels of ``stnkit.kernels.triton_warp`` when present; wherever

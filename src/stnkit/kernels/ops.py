@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stnkit.grid import base_coords
 from stnkit.kernels import build
 
 __all__ = [
@@ -37,19 +38,10 @@ PADDINGS = ("zeros", "border", "reflection")
 SAVE_DERIV_MAX_CHANNELS = 16
 
 
-def _base(n: int, align_corners: bool, like: Tensor) -> Tensor:
-    """Normalised pixel-centre coordinates (n,) of one axis, computed in float64 (as ``stnkit.grid.base_coords``)."""
-    if n == 1:
-        return torch.zeros(1, device=like.device, dtype=like.dtype)
-    idx = torch.arange(n, device=like.device, dtype=torch.float64)
-    coords = idx * (2.0 / (n - 1)) - 1.0 if align_corners else (2.0 * idx + 1.0) / n - 1.0
-    return coords.to(like.dtype)
-
-
 def _homogeneous(matrix: Tensor, out_h: int, out_w: int, align_corners: bool) -> Tensor:
     """Return ``matrix @ (x, y, 1)`` over the output grid, shape (N, H_out, W_out, 3)."""
-    x = _base(out_w, align_corners, matrix).view(1, 1, out_w, 1)
-    y = _base(out_h, align_corners, matrix).view(1, out_h, 1, 1)
+    x = base_coords(out_w, align_corners, device=matrix.device, dtype=matrix.dtype).view(1, 1, out_w, 1)
+    y = base_coords(out_h, align_corners, device=matrix.device, dtype=matrix.dtype).view(1, out_h, 1, 1)
     cols = matrix.transpose(1, 2)[:, None, None]  # (N, 1, 1, 3, 3): column j of the matrix as a row
     return torch.addcmul(torch.addcmul(cols[..., 2, :], x, cols[..., 0, :]), y, cols[..., 1, :])
 
@@ -84,8 +76,8 @@ def matrix_grid_backward(
         tensor([6., 6.])
     """
     out_h, out_w = grad_grid.shape[1], grad_grid.shape[2]
-    x = _base(out_w, align_corners, matrix).view(1, out_w).expand(out_h, out_w)
-    y = _base(out_h, align_corners, matrix).view(out_h, 1).expand(out_h, out_w)
+    x = base_coords(out_w, align_corners, device=matrix.device, dtype=matrix.dtype).view(1, out_w).expand(out_h, out_w)
+    y = base_coords(out_h, align_corners, device=matrix.device, dtype=matrix.dtype).view(out_h, 1).expand(out_h, out_w)
     points = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # (H, W, 3)
     if projective:
         w = _homogeneous(matrix, out_h, out_w, align_corners)[..., 2:]  # (N, H, W, 1)
