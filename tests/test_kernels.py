@@ -55,9 +55,7 @@ def _on_op(out: torch.Tensor) -> bool:
 def _op_affine(x, theta, size, padding_mode="zeros", align_corners=False):
     """The fused op called directly with the matrices of theta (N, 6): on CPU the C++ kernel's affine branch, which
     ``warp`` leaves to the faster grid path (kernels.supports)."""
-    last = theta.new_tensor([0.0, 0.0, 1.0]).expand(theta.shape[0], 1, 3)
-    matrix = torch.cat([theta.view(-1, 2, 3), last], dim=1)
-    return kernels.warp_matrix(x, matrix, size, padding_mode, align_corners)
+    return kernels.warp_matrix(x, T.get("affine").to_matrix(theta), size, padding_mode, align_corners)
 
 
 class TestGradients:

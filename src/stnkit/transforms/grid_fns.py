@@ -136,9 +136,9 @@ def affine_grid_fast(theta: Tensor, size: tuple[int, ...], align_corners: bool) 
     ref = affine_grid_reference if len(size) == 2 else affine_grid3d_reference
     if _is_tracing() or in_functorch():
         return ref(theta, size, align_corners)
-    if theta.device.type == "cpu" and bool(torch.isfinite(theta).all()):
-        return _AffineGridFn.apply(theta, tuple(size), bool(align_corners))
     if theta.device.type == "cpu":
+        if bool(torch.isfinite(theta).all()):
+            return _AffineGridFn.apply(theta, tuple(size), bool(align_corners))
         return ref(theta, size, align_corners)
     finite = torch.isfinite(theta).flatten(1).all(1).view(-1, *([1] * (len(size) + 1)))
     return torch.where(finite, _AffineGridFn.apply(theta, tuple(size), bool(align_corners)),
