@@ -1,16 +1,14 @@
 """Were the Table 1 transformers alive at the end of training? One row per finished ST cell of Table 1 runs.
 
-For each cell's final checkpoint (``<cells>/<key>/s0/checkpoints/last.ckpt``, kept on the machine that ran it, not
-in git), on 500 test images of the cell's dataset: how many units of the localisation net's last hidden layer are
-dead (zero for every image) and the std over the images of the predicted transformation parameters (0: one fixed
-warp for all). The R and RTS cells ran before training logged ``val/st_frozen``; this checks them after the fact.
-Cells of every folder after the first are marked with their folder. Output: ``--out``
+For each ST cell's final checkpoint (``<cells>/<key>/s0/checkpoints/last.ckpt``, kept on the machine that ran
+it, not in git), on 500 test images of the dataset it was trained on: how many units of the localisation net's
+last hidden layer are dead (zero for every image) and the std over the images of the predicted transformation
+parameters (0: one fixed warp for all). The R and RTS cells ran before training logged ``val/st_frozen``; this
+checks them after the fact. Cells of every folder after the first are marked with their folder. Output: ``--out``
 (default ``results/table1/loc-lr-x3-tc/alive.md``).
 
     STNKIT_DATA=/path/to/mnist python scripts/analysis/table1_check_alive.py
 """
-
-import json
 
 import torch
 from common import RESULTS, existing_dir, localization_state
@@ -39,12 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     for i, folder in enumerate(args.cells):
         for cell in sorted(folder.iterdir()):
             ckpt = cell / "s0" / "checkpoints" / "last.ckpt"
-            if not (cell / "result.json").exists() or not ckpt.exists() or "-st-" not in cell.name:
+            if not ckpt.exists() or "-st-" not in cell.name:
                 continue
-            d = json.loads((cell / "result.json").read_text())["dataset"]
+            lit, config, _ = load_checkpoint(ckpt)
+            d = config.dataset
             if d not in images:
                 images[d] = distort(d, x, torch.arange(len(x)), split="test").images
-            lit, _, _ = load_checkpoint(ckpt)
             state = localization_state(lit.model.eval(), images[d], y)
             where = f" (`{folder.parent.name}/{folder.name}`)" if i else ""
             rows.append(f"| {cell.name}{where} | {lit.recipe.loc_lr_scale:g} | {state['dead']} of "

@@ -4,7 +4,7 @@ For each history snapshot of the run (``<run>/s0/checkpoints/history/step-*.ckpt
 it, not in git) this prints, on 500 RTS test images: the error, how many of the localisation net's last hidden
 units are dead (zero for every image), and the std over the images of the predicted theta (0: one fixed warp for
 all). Output in ``--out``: ``diagnosis.md``, and ``curves.png``: this run's validation curve beside the rerun with
-localisation lr x1 and the CNN (``--compare``).
+localisation lr x1 and the CNN (``--compare``; each cell's ``s0/logs/metrics.csv`` and ``s0/metrics.json``).
 
     STNKIT_DATA=/path/to/mnist python scripts/analysis/table1_long_loc_lr_x3_diagnose.py
 """
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     """Tabulate the localisation net of every snapshot; draw the curves."""
     p = make_parser(__doc__)
     p.add_argument("--run", type=existing_dir, default=LONG / "loc-lr-x3" / "rts-st-cnn-affine",
-                   help="the x3 cell folder (holding result.json and s0/checkpoints/history)")
+                   help="the x3 cell folder (holding s0/checkpoints/history)")
     p.add_argument("--compare", type=existing_dir, nargs=2, metavar=("X1_CELL", "CNN_CELL"),
                    default=[LONG / "cells" / "rts-st-cnn-affine", LONG / "cells" / "rts-cnn"],
                    help="the localisation lr x1 cell and the CNN cell drawn beside it")
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         state = localization_state(lit.model.eval(), images, y)
         rows.append(f"| {int(ckpt.stem.split('-')[1])} | {state['error']:.1f} | {state['dead']} of {state['units']} "
                     f"| {state['param_std']:.4f} |")
-    text = ("# Long RTS ST-CNN, localisation lr x3: the localisation net over training\n\n" + "\n".join(rows)
+    text = ("# Long RTS ST-CNN, localisation lr x3: the localisation net over training "
+            "(`scripts/analysis/table1_long_loc_lr_x3_diagnose.py`)\n\n" + "\n".join(rows)
             + "\n\n" + NOTE)
     Path(args.out, "diagnosis.md").write_text(text)
     print(text)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             ("ST-CNN affine, localisation lr x1", args.compare[0]),
             ("CNN (curve before 11k lost on resume)", args.compare[1])]
     series = [{"label": label, "curve": val_curve(cell / "s0"),
-               "test_err": json.loads((cell / "result.json").read_text())["error"]} for label, cell in runs]
+               "test_err": json.loads((cell / "s0" / "metrics.json").read_text())["test_err"]} for label, cell in runs]
     fig = error_curves(series, "RTS, 15k steps: the localisation lr decides whether the transformer survives")
     fig.savefig(Path(args.out, "curves.png"), dpi=90)
 
