@@ -18,7 +18,7 @@ import torch
 
 SIZE = 28
 BOX = 20.0
-N_TRAIN = 8000
+N_TRAIN = 6000
 N_TEST = 2000
 
 
@@ -56,64 +56,78 @@ def _templates() -> dict[int, list[list[list[tuple[float, float]]]]]:
     }
 
 
-def _segments() -> tuple[torch.Tensor, torch.Tensor]:
-    """Return every template as segments, padded by repeating its last one, and each template's digit.
+def _points(step: float = 0.035) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return every template as points along its strokes, at most ``step`` apart, with weights and its digit.
 
     Returns:
-        ``(segments, digits)``: float64 (T, S, 2, 2) endpoints in the unit box, and int64 (T,) labels.
+        ``(points, weights, digits)``: float32 (T, M, 2) in the unit box, float32 (T, M) stroke length per point
+        (0 for the padding, copies of a template's last point), and int64 (T,) labels.
     """
     rows, digits = [], []
     for digit, variants in _templates().items():
         for polylines in variants:
-            segs = [(p, q) for line in polylines for p, q in zip(line[:-1], line[1:], strict=False)]
-            rows.append(torch.tensor(segs, dtype=torch.float64))
+            pieces = []
+            for line in polylines:
+                for p, q in zip(line[:-1], line[1:], strict=False):
+                    k = max(1, math.ceil(math.dist(p, q) / step))
+                    t = torch.arange(k + 1, dtype=torch.float32).unsqueeze(1) / k
+                    pts = (1 - t) * torch.tensor(p) + t * torch.tensor(q)
+                    pieces.append(torch.cat([pts, torch.full((k + 1, 1), math.dist(p, q) / (k + 1))], dim=1))
+            rows.append(torch.cat(pieces))
             digits.append(digit)
     longest = max(r.shape[0] for r in rows)
-    padded = torch.stack([torch.cat([r, r[-1:].expand(longest - r.shape[0], 2, 2)]) for r in rows])
-    return padded, torch.tensor(digits)
+    pad = [torch.cat([r, (r[-1:] * torch.tensor([1.0, 1.0, 0.0])).expand(longest - r.shape[0], 3)]) for r in rows]
+    padded = torch.stack(pad)
+    return padded[..., :2], padded[..., 2], torch.tensor(digits)
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
+    return lo + (hi - lo) * torch.rand(shape, generator=g)
 
 
-def _place(seg: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distort unit-box segments (N, S, 2, 2) and place them in the 28x28 frame; return them and the half widths."""
-    n = seg.shape[0]
-    freq = _uniform(g, (n, 1, 1, 2, 2), -1.2, 1.2)
-    phase = _uniform(g, (n, 1, 1, 2), 0, 2 * math.pi)
-    amp = _uniform(g, (n, 1, 1, 2), 0.0, 0.05)
-    pts = seg + amp * torch.sin(2 * math.pi * (freq @ seg.unsqueeze(-1)).squeeze(-1) + phase)
-    x, y = pts[..., 0] - 0.5, pts[..., 1] - 0.5
-    x = x * _uniform(g, (n, 1, 1), 0.75, 1.15) - _uniform(g, (n, 1, 1), -0.15, 0.45) * y
-    angle = _uniform(g, (n, 1, 1), -0.15, 0.15)
+def _place(pts: torch.Tensor, weights: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distort unit-box points (N, M, 2) and place them in the 28x28 frame; return them and the half widths."""
+    n = pts.shape[0]
+    x, y = pts[..., 0], pts[..., 1]
+    f = _uniform(g, (n, 1, 4), -1.2, 1.2)
+    phase = _uniform(g, (n, 1, 2), 0, 2 * math.pi)
+    amp = _uniform(g, (n, 1, 2), 0.0, 0.05)
+    x, y = (x + amp[..., 0] * torch.sin(2 * math.pi * (f[..., 0] * x + f[..., 1] * y) + phase[..., 0]),
+            y + amp[..., 1] * torch.sin(2 * math.pi * (f[..., 2] * x + f[..., 3] * y) + phase[..., 1]))
+    x, y = x - 0.5, y - 0.5
+    x = x * _uniform(g, (n, 1), 0.75, 1.15) - _uniform(g, (n, 1), -0.15, 0.45) * y
+    angle = _uniform(g, (n, 1), -0.15, 0.15)
     x, y = x * torch.cos(angle) - y * torch.sin(angle), x * torch.sin(angle) + y * torch.cos(angle)
-    pts = torch.stack([x, y], dim=-1)
     half_width = _uniform(g, (n,), 0.75, 1.35)
-    flat = pts.reshape(n, -1, 2)
-    extent = (flat.amax(1) - flat.amin(1)).amax(1)
-    scale = (BOX * _uniform(g, (n,), 0.9, 1.0) - 2 * half_width) / extent
-    pts = pts * scale.view(n, 1, 1, 1)
-    length = (pts[:, :, 1] - pts[:, :, 0]).norm(dim=-1) + 1e-9
-    centre = ((pts[:, :, 0] + pts[:, :, 1]) / 2 * length.unsqueeze(-1)).sum(1) / length.sum(1, keepdim=True)
+    extent = torch.maximum(x.amax(1) - x.amin(1), y.amax(1) - y.amin(1))
+    scale = ((BOX * _uniform(g, (n,), 0.9, 1.0) - 2 * half_width) / extent).unsqueeze(1)
+    pts = torch.stack([x * scale, y * scale], dim=-1)
+    centre = (pts * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True)
     target = SIZE / 2 + _uniform(g, (n, 2), -0.5, 0.5)
-    return pts + (target - centre).view(n, 1, 1, 2), half_width
+    return pts + (target - centre).unsqueeze(1), half_width
 
 
-def _render(seg: torch.Tensor, half_width: torch.Tensor) -> torch.Tensor:
-    """Draw segments (N, S, 2, 2) in pixel coordinates as anti-aliased strokes; return uint8 (N, 28, 28)."""
-    centres = torch.arange(SIZE, dtype=torch.float32) + 0.5
-    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
-    p = torch.stack([xx, yy], dim=-1).reshape(1, 1, -1, 2)
-    a, b = seg[:, :, 0].float().unsqueeze(2), seg[:, :, 1].float().unsqueeze(2)
-    ab = b - a
-    t = (((p - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)).clamp(0, 1)
-    dist = (p - a - t.unsqueeze(-1) * ab).norm(dim=-1).amin(1)
-    ink = (half_width.float().view(-1, 1) + 0.5 - dist).clamp(0, 1)
-    return (ink * 255).round().to(torch.uint8).view(-1, SIZE, SIZE)
+def _render(pts: torch.Tensor, half_width: torch.Tensor, reach: int = 2) -> torch.Tensor:
+    """Draw points (N, M, 2) along strokes, in pixel coordinates, as anti-aliased strokes; return uint8 (N, 28, 28).
+
+    A pixel's ink falls linearly from 1 to 0 as its centre's distance to the nearest point goes from
+    ``half_width - 0.5`` to ``half_width + 0.5``; each point is measured on the ``2 * reach + 1`` square of pixels
+    around it, enough for half widths up to ``reach - 0.5`` px.
+    """
+    n, side = pts.shape[0], SIZE + 2 * reach + 1
+    pts = pts + reach
+    offsets = torch.arange(-reach, reach + 1)
+    ox, oy = offsets.repeat(2 * reach + 1), offsets.repeat_interleave(2 * reach + 1)
+    x, y = pts[..., 0, None], pts[..., 1, None]
+    px, py = x.floor().long() + ox, y.floor().long() + oy
+    ink = (half_width.view(n, 1, 1) + 0.5 - torch.hypot(px + 0.5 - x, py + 0.5 - y)).clamp_(0, 1)
+    flat = (torch.arange(n).view(n, 1, 1) * side + py) * side + px
+    out = torch.zeros(n * side * side).scatter_reduce_(0, flat.flatten(), ink.flatten(), reduce="amax")
+    out = out.view(n, side, side)[:, reach:reach + SIZE, reach:reach + SIZE]
+    return (out * 255).round().to(torch.uint8)
 
 
-def mnist_like(n: int, seed: int = 0, chunk: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def mnist_like(n: int, seed: int = 0, chunk: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``n`` MNIST-like digits with balanced labels.
 
     Args:
@@ -130,15 +144,15 @@ def mnist_like(n: int, seed: int = 0, chunk: int = 500) -> tuple[torch.Tensor, t
         ((20, 28, 28), 255, True)
     """
     g = torch.Generator().manual_seed(seed)
-    templates, template_digit = _segments()
+    templates, weights, template_digit = _points()
     labels = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
     choice = torch.empty(n, dtype=torch.int64)
     for digit in range(10):
         mine = torch.nonzero(labels == digit).flatten()
         options = torch.nonzero(template_digit == digit).flatten()
         choice[mine] = options[torch.randint(len(options), (len(mine),), generator=g)]
-    seg, half_width = _place(templates[choice], g)
-    images = torch.cat([_render(seg[i:i + chunk], half_width[i:i + chunk]) for i in range(0, n, chunk)])
+    pts, half_width = _place(templates[choice], weights[choice], g)
+    images = torch.cat([_render(pts[i:i + chunk], half_width[i:i + chunk]) for i in range(0, n, chunk)])
     return images, labels.to(torch.uint8)
 
 
