@@ -131,7 +131,8 @@ class TestSignals:
         run = tmp_path / "run"
         args = [sys.executable, "-m", "stnkit.cli", "train", "--data-dir", str(mnist_dir), "--out", str(run),
                 "--steps", "100000", "--eval-every", "2", *TINY]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"),
+               "PYTHONWARNINGS": "ignore::UserWarning:stnkit.data.datamodule"}  # the MNIST-like data's notice
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         with proc:
             while "step 2/" not in (line := proc.stdout.readline()):
