@@ -1,4 +1,4 @@
-"""Shared fixtures: seeds, the real MNIST folder beside the checkout, the device matrix, small helpers."""
+"""Shared fixtures: seeds, generated MNIST-like data, real MNIST when present, the device matrix, small helpers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._mnist_like import write_mnist_like
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 if not torch.cuda.is_available():
@@ -16,18 +18,33 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _mnist_dir() -> Path:
+NOT_MNIST = "ignore:.*not MNIST's \\(SHA-256 differs\\):UserWarning"
+
+
+def _real_mnist_dir() -> Path:
     env = os.environ.get("STNKIT_TEST_MNIST")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """The real MNIST IDX folder (../shared/data/mnist beside the checkout, or $STNKIT_TEST_MNIST); read-only."""
-    path = _mnist_dir()
+def mnist_dir(tmp_path_factory) -> Path:
+    """A generated MNIST-like IDX folder (tests/_mnist_like.py: 6,000 train, 2,000 test digits), the same everywhere."""
+    return write_mnist_like(tmp_path_factory.mktemp("mnist_like"))
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir() -> Path:
+    """The real MNIST IDX folder (../shared/data/mnist beside the checkout, or $STNKIT_TEST_MNIST); skips without it."""
+    path = _real_mnist_dir()
     if not (path / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"real MNIST not found at {path}; set STNKIT_TEST_MNIST to the folder holding the IDX files")
+        pytest.skip(f"real MNIST not found at {path} (../shared/data/mnist beside the checkout, or $STNKIT_TEST_MNIST)")
     return path
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "mnist_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.filterwarnings(NOT_MNIST))
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: real MNIST loaded once per session, tiny synthetic IDX files."""
+"""Fixtures for the data tests: the MNIST-like test split loaded once per session, tiny synthetic IDX files."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from stnkit.data.idx import load_mnist
 
 @pytest.fixture(scope="session")
 def mnist_test(mnist_dir):
-    """MNIST's 10k test images (uint8 (N, 28, 28)) and labels, loaded once."""
+    """The test images (uint8 (N, 28, 28)) and labels of `mnist_dir`, loaded once."""
     return load_mnist(mnist_dir, split="test")
 
 
 @pytest.fixture(scope="session")
 def digits(mnist_test):
-    """2,000 real test digits, uint8 (2000, 28, 28), for distortion statistics."""
+    """2,000 test digits, uint8 (2000, 28, 28), for distortion statistics."""
     return mnist_test[0][:2000]
 
 

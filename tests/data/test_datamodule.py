@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from stnkit.data import DistortedMNISTDataModule
+from tests._mnist_like import N_TEST, N_TRAIN
 
 
 def _dm(mnist_dir, **kwargs):
@@ -37,9 +38,9 @@ class TestDistortedMNISTDataModule:
     def test_split(self, mnist_dir):
         dm = _dm(mnist_dir, train_subset=None, val_subset=None, test_subset=None, val_size=5000)
         train, val = set(dm.train_set.ids.tolist()), set(dm.val_set.ids.tolist())
-        assert (len(train), len(val), len(dm.test_set)) == (55000, 5000, 10000)
+        assert (len(train), len(val), len(dm.test_set)) == (N_TRAIN - 5000, 5000, N_TEST)
         assert not train & val
-        assert train | val == set(range(60000))
+        assert train | val == set(range(N_TRAIN))
         assert dm.val_set.split == "val"
         assert dm.test_set.split == "test"
         other = set(_dm(mnist_dir, seed=1, val_subset=None).val_set.ids.tolist())
@@ -78,7 +79,7 @@ class TestDistortedMNISTDataModule:
         with pytest.raises(RuntimeError, match="setup"):
             DistortedMNISTDataModule().train_dataloader()
         with pytest.raises(ValueError, match="leaves no training images"):
-            _dm(mnist_dir, val_size=60000)
+            _dm(mnist_dir, val_size=N_TRAIN)
         with pytest.raises(ValueError, match="lacks MNIST files"):
             DistortedMNISTDataModule(data_dir=str(tmp_path)).prepare_data()
 

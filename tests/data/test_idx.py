@@ -24,8 +24,8 @@ def fresh_env(tmp_path, monkeypatch):
 
 
 class TestReadIdx:
-    def test_real_labels(self, mnist_dir):
-        labels = read_idx(mnist_dir / "train-labels-idx1-ubyte.gz")
+    def test_real_labels(self, real_mnist_dir):
+        labels = read_idx(real_mnist_dir / "train-labels-idx1-ubyte.gz")
         assert labels.shape == (60000,)
         assert labels.dtype == torch.uint8
         assert labels[:5].tolist() == [5, 0, 4, 1, 9]  # MNIST's first training labels
@@ -130,8 +130,8 @@ class TestBoundedReading:
 
 
 class TestLoadMnist:
-    def test_real(self, mnist_dir):
-        images, labels = load_mnist(mnist_dir, split="test")
+    def test_real(self, real_mnist_dir):
+        images, labels = load_mnist(real_mnist_dir, split="test")
         assert images.shape == (10000, 28, 28)
         assert images.dtype == torch.uint8
         assert labels.shape == (10000,)
@@ -140,8 +140,8 @@ class TestLoadMnist:
         assert int(images.max()) == 255
         assert torch.bincount(labels).tolist()[:2] == [980, 1135]
 
-    def test_embedded_sums_match_shared_sums(self, mnist_dir):
-        sums = dict(line.split()[::-1] for line in (mnist_dir / "SHA256SUMS").read_text().splitlines())
+    def test_embedded_sums_match_shared_sums(self, real_mnist_dir):
+        sums = dict(line.split()[::-1] for line in (real_mnist_dir / "SHA256SUMS").read_text().splitlines())
         assert sums == idx.MNIST_SHA256
 
     def test_bad_split(self, mnist_dir):
@@ -176,10 +176,10 @@ class TestLoadMnist:
             warnings.simplefilter("error")
             load_mnist(tmp_path, split="test")  # verified once per file per process: no second notice
 
-    def test_real_files_do_not_warn(self, mnist_dir):
+    def test_real_files_do_not_warn(self, real_mnist_dir):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            load_mnist(mnist_dir, split="test")
+            load_mnist(real_mnist_dir, split="test")
 
 
 class TestFindMnist:

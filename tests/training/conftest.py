@@ -1,4 +1,4 @@
-"""Tiny real-MNIST runs shared by the training tests."""
+"""Tiny runs on the MNIST-like data, shared by the training tests."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_config(mnist_dir, tmp_path):
-    """Return a factory of seconds-long RTS configs on a few hundred real MNIST digits."""
+    """Return a factory of seconds-long RTS configs on a few hundred MNIST-like digits."""
 
     def make(**kw) -> TrainConfig:
         base = {

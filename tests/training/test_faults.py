@@ -131,7 +131,8 @@ class TestSignals:
         run = tmp_path / "run"
         args = [sys.executable, "-m", "stnkit.cli", "train", "--data-dir", str(mnist_dir), "--out", str(run),
                 "--steps", "100000", "--eval-every", "2", *TINY]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"),
+               "PYTHONWARNINGS": "ignore::UserWarning:stnkit.data.datamodule"}  # the MNIST-like data's notice
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         with proc:
             while "step 2/" not in (line := proc.stdout.readline()):
@@ -230,7 +231,7 @@ class TestCounts:
     @pytest.mark.parametrize(("argv", "match"), [
         (["--test-subset", "0"], "test_subset must be a positive integer; got 0"),
         (["--test-subset", "-1"], "test_subset must be a positive integer; got -1"),
-        (["--test-subset", "20000"], "test_subset=20,000 exceeds the 10,000 test images"),
+        (["--test-subset", "20000"], "test_subset=20,000 exceeds the 2,000 test images"),
     ])
     def test_evaluate_counts(self, capsys, tmp_path, mnist_dir, argv, match):
         run = tmp_path / "run"
@@ -240,7 +241,7 @@ class TestCounts:
 
     @pytest.mark.parametrize(("flag", "value", "match"), [
         ("--train-subset", "0", "train_subset must be a positive integer; got 0"),
-        ("--train-subset", "60000", "train_subset=60,000 exceeds the 55,000 training images"),
+        ("--train-subset", "6000", "train_subset=6,000 exceeds the 1,000 training images"),
         ("--val-subset", "6000", "val_subset=6,000 exceeds the 5,000 validation images"),
         ("--steps", "0", "steps must be a positive integer; got 0"),
     ])
