@@ -59,12 +59,12 @@ _COMMON = {"loc_lr_scale": 0.1, "momentum": 0.9, "lr_gamma": 0.1, "val_size": 20
 BUDGETS = (
     Budget("smoke", {**_COMMON, "width": 0.0625, "steps": 3, "batch_size": 4, "optimizer": "adam", "lr": 1e-3,
                      "schedule": "constant", "weight_decay": 0.0, "dropout": 0.0, "eval_every": 2, "val_size": 8,
-                     "test_size": 16, "eval_batch": 8,
+                     "test_size": 16, "eval_batch": 8, "train_size": 64,
                      "speed": [{"width": 0.0625, "batch": 2}], "speed_s": 0.05, "speed_reps": 2}),
     Budget("cpu-2.5k", {**_COMMON, "width": 0.25, "steps": 2500, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
                         "schedule": "cosine", "weight_decay": 0.0, "dropout": 0.1, "eval_every": 500,
-                        "speed": [{"width": 0.25, "batch": 32}, {"width": 1.0, "batch": 16}], "speed_s": 6.0,
-                        "speed_reps": 5}),
+                        "train_size": 80_000, "speed": [{"width": 0.25, "batch": 32}, {"width": 1.0, "batch": 16}],
+                        "speed_s": 6.0, "speed_reps": 5}),
     Budget("paper", {**_COMMON, "width": 1.0, "steps": 400_000, "batch_size": 128, "optimizer": "sgd", "lr": 0.01,
                      "schedule": "step", "lr_step": 80_000, "weight_decay": 5e-4, "dropout": 0.5,
                      "eval_every": 10_000, "val_size": 5000, "test_size": None, "workers": 8, "image_size": 76,
@@ -125,10 +125,10 @@ class SequenceData:
 def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> SequenceData:
     """Build a run's sequences: real SVHN when ``data_dir`` is a format-1 folder, else the MNIST proxy.
 
-    Proxy: training sequences from MNIST train digits but the last :data:`MNIST_VAL` (a seed's own draw, ``steps *
-    batch_size`` of them, none repeated), validation from those last digits, test from MNIST test digits (both
-    fixed, seed 0, shared by every model and seed). SVHN: ``train/`` (plus ``extra/`` when present) but the last
-    ``val_size`` sequences of ``train/``, which validate; ``test/`` tests.
+    Proxy: training sequences from MNIST train digits but the last :data:`MNIST_VAL` (a seed's own draw of
+    ``train_size`` sequences, default ``steps * batch_size``: none repeated), validation from those last digits,
+    test from MNIST test digits (both fixed, seed 0, shared by every model and seed). SVHN: ``train/`` (plus
+    ``extra/`` when present) but the last ``val_size`` sequences of ``train/``, which validate; ``test/`` tests.
     """
     from torch.utils.data import Subset
 
@@ -155,8 +155,8 @@ def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> Sequen
     mnist = find_mnist(data_dir, download=data_dir is None)
     train_x, train_y = load_mnist(mnist, "train")
     test_x, test_y = load_mnist(mnist, "test")
-    train = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], int(fields["steps"]) * int(fields["batch_size"]),
-                            seed=seed, split="train")
+    n_train = int(fields.get("train_size") or int(fields["steps"]) * int(fields["batch_size"]))
+    train = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], n_train, seed=seed, split="train")
     val = MultiDigitMNIST(train_x[-MNIST_VAL:], train_y[-MNIST_VAL:], int(fields["val_size"]), seed=0, split="val")
     test = MultiDigitMNIST(test_x, test_y, int(fields.get("test_size") or len(test_x)), seed=0, split="test")
     return SequenceData("proxy", train, val, test, 1, train.canvas_size, str(mnist))
@@ -255,8 +255,9 @@ def train_seed(run: SeedRun) -> dict[str, Any]:
     ``run.fields``: ``model``, ``width``, ``dropout``, ``loc_lr_scale``, ``optimizer`` (``"sgd"`` with
     ``momentum`` or ``"adam"``), ``lr``, ``schedule`` (``"constant"``, ``"cosine"``, ``"step"``: times
     ``lr_gamma`` every ``lr_step``), ``weight_decay``, ``steps``, ``batch_size``, ``eval_every`` (validation and
-    checkpoint), ``val_size``, ``test_size``, ``eval_batch``, ``workers``, ``device`` (``"auto"``: CUDA when
-    present), optional ``threads`` and, for SVHN, ``image_size``/``crop_size``.
+    checkpoint), ``train_size`` (proxy; default ``steps * batch_size``), ``val_size``, ``test_size``,
+    ``eval_batch``, ``workers``, ``device`` (``"auto"``: CUDA when present), optional ``threads`` and, for SVHN,
+    ``image_size``/``crop_size``.
 
     Raises:
         ValueError: ``run.out`` holds results on the other dataset, or the loss became non-finite.
@@ -306,9 +307,8 @@ def train_seed(run: SeedRun) -> dict[str, Any]:
             val = evaluate(model, data.val, int(f["eval_batch"]), str(device), int(f["workers"]))
             train_s += time.time() - t0
             history.append({"step": step, "train_loss": statistics.fmean(running), **val})
-            if run.progress:
-                print(f"{run.cell.key} s{run.seed} step {step}/{steps}: train loss {history[-1]['train_loss']:.3f}, "
-                      f"val sequence error {val['seq_error']:.2f} %", flush=True)
+            print(f"{run.cell.key} s{run.seed} step {step}/{steps}: train loss {history[-1]['train_loss']:.3f}, "
+                  f"val sequence error {val['seq_error']:.2f} %, {train_s:.0f} s", flush=True)
             running = []
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "step": step, "history": history, "train_s": train_s, "rng": torch.get_rng_state()},
