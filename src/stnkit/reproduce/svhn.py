@@ -113,7 +113,7 @@ class SequenceData:
         while step < steps:
             epoch, first = divmod(step, per_epoch)
             g = torch.Generator().manual_seed(derive_key(seed, "svhn-order", epoch) & (2**63 - 1))
-            order = torch.randperm(len(self.train), generator=g).view(per_epoch, batch_size)  # drop the last
+            order = torch.randperm(len(self.train), generator=g)[:per_epoch * batch_size].view(per_epoch, batch_size)
             last = min(per_epoch, first + steps - step)
             if hasattr(self.train, "set_epoch"):
                 self.train.set_epoch(epoch)  # before the loader copies the dataset into its workers
