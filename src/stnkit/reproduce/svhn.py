@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -150,16 +151,22 @@ def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> Sequen
         if fields.get("test_size"):
             test = Subset(test, range(min(int(fields["test_size"]), len(test))))
         return SequenceData("svhn", train, val, test, 3, crop or size, str(root))
-    from stnkit.data import MultiDigitMNIST, find_mnist, load_mnist
+    from stnkit.data import MultiDigitMNIST, find_mnist
 
     mnist = find_mnist(data_dir, download=data_dir is None)
-    train_x, train_y = load_mnist(mnist, "train")
-    test_x, test_y = load_mnist(mnist, "test")
+    train_x, train_y, test_x, test_y = _mnist(str(mnist))
     n_train = int(fields.get("train_size") or int(fields["steps"]) * int(fields["batch_size"]))
     train = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], n_train, seed=seed, split="train")
     val = MultiDigitMNIST(train_x[-MNIST_VAL:], train_y[-MNIST_VAL:], int(fields["val_size"]), seed=0, split="val")
     test = MultiDigitMNIST(test_x, test_y, int(fields.get("test_size") or len(test_x)), seed=0, split="test")
     return SequenceData("proxy", train, val, test, 1, train.canvas_size, str(mnist))
+
+
+@lru_cache(maxsize=1)
+def _mnist(root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from stnkit.data import load_mnist
+
+    return (*load_mnist(root, "train"), *load_mnist(root, "test"))
 
 
 class _EpochSubset(torch.utils.data.Subset):
