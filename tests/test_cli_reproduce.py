@@ -28,7 +28,7 @@ class TestParser:
                                                                     "cpu-2.5k"}
 
     def test_unknown_experiment_is_one_line(self, capsys):
-        assert main(["reproduce", "svhn"]) == 2
+        assert main(["reproduce", "no-such-experiment"]) == 2
         err = capsys.readouterr().err
         assert "invalid choice" in err
         assert len(err.strip().splitlines()) == 1
