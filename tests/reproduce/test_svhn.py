@@ -35,7 +35,8 @@ def test_declaration():
     assert (paper["steps"], paper["batch_size"], paper["weight_decay"]) == (400_000, 128, 5e-4)
     assert (paper["dropout"], paper["loc_lr_scale"], paper["val_size"], paper["width"]) == (0.5, 0.1, 5000, 1.0)
     cpu = EXP.budget("cpu-2.5k").fields
-    assert cpu["steps"] == 2500 and cpu["train_size"] == cpu["steps"] * cpu["batch_size"]
+    assert cpu["steps"] == 2500
+    assert cpu["train_size"] == cpu["steps"] * cpu["batch_size"]
 
 
 def test_smoke_end_to_end_and_skip(tmp_path, mnist_dir, one_thread):
@@ -44,21 +45,29 @@ def test_smoke_end_to_end_and_skip(tmp_path, mnist_dir, one_thread):
     assert [c["key"] for c in table["cells"]] == ["cnn", "st-single", "st-multi"]
     n_test = EXP.budget("smoke").fields["test_size"]
     for c in table["cells"]:
-        assert c["dataset"] == "proxy" and c["test_n"] == n_test and c["input"] == [1, 64, 64]
-        assert 0.0 <= c["error"] <= 100.0 and 0.0 <= c["digit_acc"] <= 100.0
+        assert c["dataset"] == "proxy"
+        assert c["test_n"] == n_test
+        assert c["input"] == [1, 64, 64]
+        assert 0.0 <= c["error"] <= 100.0
+        assert 0.0 <= c["digit_acc"] <= 100.0
         assert [h["step"] for h in c["history"]] == [2, 3]
         model = create(c["model"], input_size=64, in_channels=1, width=EXP.budget("smoke").fields["width"])
         assert c["params"] == sum(p.numel() for p in model.parameters())
     speed = json.loads((out / "speed.json").read_text())
     row = speed["rows"][0]
-    assert row["input"] == [1, 64, 64] and row["multi_vs_cnn"] == pytest.approx(row["st_multi_ms"] / row["cnn_ms"])
+    assert row["input"] == [1, 64, 64]
+    assert row["multi_vs_cnn"] == pytest.approx(row["st_multi_ms"] / row["cnn_ms"])
     md = (out / "svhn.md").read_text()
     assert "paper seq. error % (SVHN 64px; **a different dataset**)" in md
-    assert "| 4.0 | 5.6 |" in md and "| 3.7 | 3.9 |" in md and "| 3.6 | 3.9 |" in md
-    assert "1.06x" in md and "Cells finished: 3 of 3" in md
+    assert "| 4.0 | 5.6 |" in md
+    assert "| 3.7 | 3.9 |" in md
+    assert "| 3.6 | 3.9 |" in md
+    assert "1.06x" in md
+    assert "Cells finished: 3 of 3" in md
     assert (out / "fig_svhn.png").stat().st_size > 5_000
     saved = json.loads((out / "svhn.json").read_text())
-    assert saved["budget"] == "smoke" and saved["speed"]["rows"][0]["cnn_ms"] == row["cnn_ms"]
+    assert saved["budget"] == "smoke"
+    assert saved["speed"]["rows"][0]["cnn_ms"] == row["cnn_ms"]
 
     lines: list[str] = []
     stamp = (out / "cells" / "st-multi" / "result.json").stat().st_mtime_ns
@@ -103,19 +112,25 @@ def _svhn_folder(root):
 def test_real_svhn_is_detected_and_kept_apart(tmp_path, mnist_dir, one_thread):
     root = _svhn_folder(tmp_path / "svhn-data")
     assert svhn.find_svhn(root) == root
-    assert svhn.find_svhn(mnist_dir) is None and svhn.find_svhn(root / "train") is None
+    assert svhn.find_svhn(mnist_dir) is None
+    assert svhn.find_svhn(root / "train") is None
     data = svhn.load_data(str(root), 0, EXP.budget("smoke").fields)
     assert (data.name, data.in_channels, data.input_size) == ("svhn", 3, 64)
     assert (len(data.train), len(data.val), len(data.test)) == (6, 6, 4)  # val_size 8 capped at half of 12
     x, length, digits = data.test[1]
-    assert x.shape == (3, 64, 64) and int(length) == 2 and digits[2:].tolist() == [10, 10, 10]
+    assert x.shape == (3, 64, 64)
+    assert int(length) == 2
+    assert digits[2:].tolist() == [10, 10, 10]
 
     out = tmp_path / "out"
     table = run(EXP, out, budget="smoke", cells=["cnn"], data_dir=str(root), figures=False, **QUIET)
     (cell,) = table["cells"]
-    assert cell["dataset"] == "svhn" and cell["input"] == [3, 64, 64] and cell["test_n"] == 4
+    assert cell["dataset"] == "svhn"
+    assert cell["input"] == [3, 64, 64]
+    assert cell["test_n"] == 4
     assert json.loads((out / "speed.json").read_text())["rows"][0]["input"] == [3, 64, 64]
     md = (out / "svhn.md").read_text()
-    assert "**SVHN** (format 1" in md and "a different dataset" not in md
+    assert "**SVHN** (format 1" in md
+    assert "a different dataset" not in md
     with pytest.raises(ValueError, match="holds results on the 'svhn' data; --data-dir now gives 'proxy'"):
         run(EXP, out, budget="smoke", cells=["st-single"], data_dir=str(mnist_dir), figures=False, **QUIET)

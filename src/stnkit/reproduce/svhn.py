@@ -50,8 +50,10 @@ FIGURE_IMAGES = 6
 _COMMON = {"loc_lr_scale": 0.1, "momentum": 0.9, "lr_gamma": 0.1, "val_size": 2000, "test_size": 10000,
            "eval_batch": 250, "workers": 0, "device": "auto"}
 #: ``smoke``: seconds (tests). ``cpu-2.5k``: width 0.25 (1.5M parameters, the paper's 23M at width 1), 2,500
-#: steps of batch 32, Adam lr 1e-3 with cosine decay, dropout 0.1, no weight decay, localisation lr x0.1: the three
-#: cells take about 20 minutes on 2 idle cores (measured: ``results/svhn/NOTES.md``). ``paper``: App. A.5 as
+#: steps of batch 32, Adam lr 1e-3 with cosine decay (SGD at lr 0.01 barely moves in so few steps), dropout 0.1
+#: (0.5 slows such a short run), no weight decay, localisation lr x0.1 (the paper's); from idle step times (133 /
+#: 166 / 156 ms on 2 threads) the three cells take about 21 minutes on 2 idle cores; on a loaded machine, one
+#: thread each, much longer (measured: ``results/svhn/NOTES.md``). ``paper``: App. A.5 as
 #: PAPER.md transcribes it: SGD (momentum 0.9: A.5 names none; ours), lr 0.01 divided by 10 every 80k iterations,
 #: 400k iterations of batch 128, weight decay 5e-4, dropout 0.5 on every layer but the first conv and the
 #: localisation nets, localisation lr x0.1, 5k validation images, full width; on real SVHN 64x64 crops are taken
@@ -64,8 +66,9 @@ BUDGETS = (
                      "speed": [{"width": 0.0625, "batch": 2}], "speed_s": 0.05, "speed_reps": 2}),
     Budget("cpu-2.5k", {**_COMMON, "width": 0.25, "steps": 2500, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
                         "schedule": "cosine", "weight_decay": 0.0, "dropout": 0.1, "eval_every": 250,
-                        "val_size": 1000, "train_size": 80_000, "speed": [{"width": 0.25, "batch": 32}, {"width": 1.0, "batch": 16}],
-                        "speed_s": 6.0, "speed_reps": 5}),
+                        "val_size": 1000, "train_size": 80_000,
+                        "speed": [{"width": 0.25, "batch": 32}, {"width": 1.0, "batch": 16}], "speed_s": 6.0,
+                        "speed_reps": 5}),
     Budget("paper", {**_COMMON, "width": 1.0, "steps": 400_000, "batch_size": 128, "optimizer": "sgd", "lr": 0.01,
                      "schedule": "step", "lr_step": 80_000, "weight_decay": 5e-4, "dropout": 0.5,
                      "eval_every": 10_000, "val_size": 5000, "test_size": None, "workers": 8, "image_size": 76,
