@@ -159,10 +159,10 @@ def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> Sequen
     mnist = find_mnist(data_dir, download=data_dir is None)
     train_x, train_y, test_x, test_y = _mnist(str(mnist))
     n_train = int(fields.get("train_size") or int(fields["steps"]) * int(fields["batch_size"]))
-    train = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], n_train, seed=seed, split="train")
-    val = MultiDigitMNIST(train_x[-MNIST_VAL:], train_y[-MNIST_VAL:], int(fields["val_size"]), seed=0, split="val")
-    test = MultiDigitMNIST(test_x, test_y, int(fields.get("test_size") or len(test_x)), seed=0, split="test")
-    return SequenceData("proxy", train, val, test, 1, train.canvas_size, str(mnist))
+    pool = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], n_train, seed=seed, split="train")
+    held = MultiDigitMNIST(train_x[-MNIST_VAL:], train_y[-MNIST_VAL:], int(fields["val_size"]), seed=0, split="val")
+    tests = MultiDigitMNIST(test_x, test_y, int(fields.get("test_size") or len(test_x)), seed=0, split="test")
+    return SequenceData("proxy", pool, held, tests, 1, pool.canvas_size, str(mnist))
 
 
 @lru_cache(maxsize=1)
