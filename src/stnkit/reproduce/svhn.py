@@ -145,12 +145,12 @@ def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> Sequen
         train_all = SVHNSequences(root, "train", random_crop=crop is not None, seed=seed, **kw)
         val_all = SVHNSequences(root, "train", **kw)
         n_val = min(int(fields["val_size"]), len(train_all) // 2)
-        parts = [Subset(train_all, range(len(train_all) - n_val))]
+        parts: list[Any] = [Subset(train_all, range(len(train_all) - n_val))]
         if (root / "extra" / "digitStruct.mat").is_file():
             parts.append(SVHNSequences(root, "extra", random_crop=crop is not None, seed=seed, **kw))
         train = _EpochConcat(parts, [train_all, *parts[1:]]) if len(parts) > 1 else _EpochSubset(parts[0], train_all)
         val = Subset(val_all, range(len(train_all) - n_val, len(train_all)))
-        test = SVHNSequences(root, "test", **kw)
+        test: Any = SVHNSequences(root, "test", **kw)
         if fields.get("test_size"):
             test = Subset(test, range(min(int(fields["test_size"]), len(test))))
         return SequenceData("svhn", train, val, test, 3, crop or size, str(root))
