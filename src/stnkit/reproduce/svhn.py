@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -49,8 +50,10 @@ FIGURE_IMAGES = 6
 _COMMON = {"loc_lr_scale": 0.1, "momentum": 0.9, "lr_gamma": 0.1, "val_size": 2000, "test_size": 10000,
            "eval_batch": 250, "workers": 0, "device": "auto"}
 #: ``smoke``: seconds (tests). ``cpu-2.5k``: width 0.25 (1.5M parameters, the paper's 23M at width 1), 2,500
-#: steps of batch 32, Adam lr 1e-3 with cosine decay, dropout 0.1, no weight decay, localisation lr x0.1: the three
-#: cells take about 20 minutes on 2 idle cores (measured: ``results/svhn/NOTES.md``). ``paper``: App. A.5 as
+#: steps of batch 32, Adam lr 1e-3 with cosine decay (SGD at lr 0.01 barely moves in so few steps), dropout 0.1
+#: (0.5 slows such a short run), no weight decay, localisation lr x0.1 (the paper's); from idle step times (133 /
+#: 166 / 156 ms on 2 threads) the three cells take about 21 minutes on 2 idle cores; on a loaded machine, one
+#: thread each, much longer (measured: ``results/svhn/NOTES.md``). ``paper``: App. A.5 as
 #: PAPER.md transcribes it: SGD (momentum 0.9: A.5 names none; ours), lr 0.01 divided by 10 every 80k iterations,
 #: 400k iterations of batch 128, weight decay 5e-4, dropout 0.5 on every layer but the first conv and the
 #: localisation nets, localisation lr x0.1, 5k validation images, full width; on real SVHN 64x64 crops are taken
@@ -59,10 +62,11 @@ _COMMON = {"loc_lr_scale": 0.1, "momentum": 0.9, "lr_gamma": 0.1, "val_size": 20
 BUDGETS = (
     Budget("smoke", {**_COMMON, "width": 0.0625, "steps": 3, "batch_size": 4, "optimizer": "adam", "lr": 1e-3,
                      "schedule": "constant", "weight_decay": 0.0, "dropout": 0.0, "eval_every": 2, "val_size": 8,
-                     "test_size": 16, "eval_batch": 8,
+                     "test_size": 16, "eval_batch": 8, "train_size": 64,
                      "speed": [{"width": 0.0625, "batch": 2}], "speed_s": 0.05, "speed_reps": 2}),
     Budget("cpu-2.5k", {**_COMMON, "width": 0.25, "steps": 2500, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
-                        "schedule": "cosine", "weight_decay": 0.0, "dropout": 0.1, "eval_every": 500,
+                        "schedule": "cosine", "weight_decay": 0.0, "dropout": 0.1, "eval_every": 250,
+                        "val_size": 1000, "train_size": 80_000,
                         "speed": [{"width": 0.25, "batch": 32}, {"width": 1.0, "batch": 16}], "speed_s": 6.0,
                         "speed_reps": 5}),
     Budget("paper", {**_COMMON, "width": 1.0, "steps": 400_000, "batch_size": 128, "optimizer": "sgd", "lr": 0.01,
@@ -113,7 +117,7 @@ class SequenceData:
         while step < steps:
             epoch, first = divmod(step, per_epoch)
             g = torch.Generator().manual_seed(derive_key(seed, "svhn-order", epoch) & (2**63 - 1))
-            order = torch.randperm(len(self.train), generator=g).view(per_epoch, batch_size)  # drop the last
+            order = torch.randperm(len(self.train), generator=g)[:per_epoch * batch_size].view(per_epoch, batch_size)
             last = min(per_epoch, first + steps - step)
             if hasattr(self.train, "set_epoch"):
                 self.train.set_epoch(epoch)  # before the loader copies the dataset into its workers
@@ -125,10 +129,10 @@ class SequenceData:
 def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> SequenceData:
     """Build a run's sequences: real SVHN when ``data_dir`` is a format-1 folder, else the MNIST proxy.
 
-    Proxy: training sequences from MNIST train digits but the last :data:`MNIST_VAL` (a seed's own draw, ``steps *
-    batch_size`` of them, none repeated), validation from those last digits, test from MNIST test digits (both
-    fixed, seed 0, shared by every model and seed). SVHN: ``train/`` (plus ``extra/`` when present) but the last
-    ``val_size`` sequences of ``train/``, which validate; ``test/`` tests.
+    Proxy: training sequences from MNIST train digits but the last :data:`MNIST_VAL` (a seed's own draw of
+    ``train_size`` sequences, default ``steps * batch_size``: none repeated), validation from those last digits,
+    test from MNIST test digits (both fixed, seed 0, shared by every model and seed). SVHN: ``train/`` (plus
+    ``extra/`` when present) but the last ``val_size`` sequences of ``train/``, which validate; ``test/`` tests.
     """
     from torch.utils.data import Subset
 
@@ -144,23 +148,28 @@ def load_data(data_dir: str | None, seed: int, fields: dict[str, Any]) -> Sequen
         parts: list[Any] = [Subset(train_all, range(len(train_all) - n_val))]
         if (root / "extra" / "digitStruct.mat").is_file():
             parts.append(SVHNSequences(root, "extra", random_crop=crop is not None, seed=seed, **kw))
-        train: Any = _EpochConcat(parts, [train_all, *parts[1:]]) if len(parts) > 1 else _EpochSubset(parts[0],
-                                                                                                       train_all)
-        val: Any = Subset(val_all, range(len(train_all) - n_val, len(train_all)))
+        train = _EpochConcat(parts, [train_all, *parts[1:]]) if len(parts) > 1 else _EpochSubset(parts[0], train_all)
+        val = Subset(val_all, range(len(train_all) - n_val, len(train_all)))
         test: Any = SVHNSequences(root, "test", **kw)
         if fields.get("test_size"):
             test = Subset(test, range(min(int(fields["test_size"]), len(test))))
         return SequenceData("svhn", train, val, test, 3, crop or size, str(root))
-    from stnkit.data import MultiDigitMNIST, find_mnist, load_mnist
+    from stnkit.data import MultiDigitMNIST, find_mnist
 
     mnist = find_mnist(data_dir, download=data_dir is None)
-    train_x, train_y = load_mnist(mnist, "train")
-    test_x, test_y = load_mnist(mnist, "test")
-    n_train = int(fields["steps"]) * int(fields["batch_size"])
-    train = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], n_train, seed=seed, split="train")
-    val = MultiDigitMNIST(train_x[-MNIST_VAL:], train_y[-MNIST_VAL:], int(fields["val_size"]), seed=0, split="val")
-    test = MultiDigitMNIST(test_x, test_y, int(fields.get("test_size") or len(test_x)), seed=0, split="test")
-    return SequenceData("proxy", train, val, test, 1, train.canvas_size, str(mnist))
+    train_x, train_y, test_x, test_y = _mnist(str(mnist))
+    n_train = int(fields.get("train_size") or int(fields["steps"]) * int(fields["batch_size"]))
+    pool = MultiDigitMNIST(train_x[:-MNIST_VAL], train_y[:-MNIST_VAL], n_train, seed=seed, split="train")
+    held = MultiDigitMNIST(train_x[-MNIST_VAL:], train_y[-MNIST_VAL:], int(fields["val_size"]), seed=0, split="val")
+    tests = MultiDigitMNIST(test_x, test_y, int(fields.get("test_size") or len(test_x)), seed=0, split="test")
+    return SequenceData("proxy", pool, held, tests, 1, pool.canvas_size, str(mnist))
+
+
+@lru_cache(maxsize=1)
+def _mnist(root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from stnkit.data import load_mnist
+
+    return (*load_mnist(root, "train"), *load_mnist(root, "test"))
 
 
 class _EpochSubset(torch.utils.data.Subset):
@@ -256,8 +265,9 @@ def train_seed(run: SeedRun) -> dict[str, Any]:
     ``run.fields``: ``model``, ``width``, ``dropout``, ``loc_lr_scale``, ``optimizer`` (``"sgd"`` with
     ``momentum`` or ``"adam"``), ``lr``, ``schedule`` (``"constant"``, ``"cosine"``, ``"step"``: times
     ``lr_gamma`` every ``lr_step``), ``weight_decay``, ``steps``, ``batch_size``, ``eval_every`` (validation and
-    checkpoint), ``val_size``, ``test_size``, ``eval_batch``, ``workers``, ``device`` (``"auto"``: CUDA when
-    present), optional ``threads`` and, for SVHN, ``image_size``/``crop_size``.
+    checkpoint), ``train_size`` (proxy; default ``steps * batch_size``), ``val_size``, ``test_size``,
+    ``eval_batch``, ``workers``, ``device`` (``"auto"``: CUDA when present), optional ``threads`` and, for SVHN,
+    ``image_size``/``crop_size``.
 
     Raises:
         ValueError: ``run.out`` holds results on the other dataset, or the loss became non-finite.
@@ -307,9 +317,8 @@ def train_seed(run: SeedRun) -> dict[str, Any]:
             val = evaluate(model, data.val, int(f["eval_batch"]), str(device), int(f["workers"]))
             train_s += time.time() - t0
             history.append({"step": step, "train_loss": statistics.fmean(running), **val})
-            if run.progress:
-                print(f"{run.cell.key} s{run.seed} step {step}/{steps}: train loss {history[-1]['train_loss']:.3f}, "
-                      f"val sequence error {val['seq_error']:.2f} %", flush=True)
+            print(f"{run.cell.key} s{run.seed} step {step}/{steps}: train loss {history[-1]['train_loss']:.3f}, "
+                  f"val sequence error {val['seq_error']:.2f} %, {train_s:.0f} s", flush=True)
             running = []
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "step": step, "history": history, "train_s": train_s, "rng": torch.get_rng_state()},
