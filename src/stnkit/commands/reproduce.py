@@ -8,7 +8,8 @@ from typing import Any
 from stnkit.commands._common import progress_default
 
 NAME = "reproduce"
-HELP = "reproduce one of the paper's experiments (resumable per cell): table1, coloc, attention, addition, mnist3d"
+HELP = ("reproduce one of the paper's experiments (resumable per cell): table1, coloc, attention, addition, mnist3d, "
+        "registration")
 ORDER = 40
 DESCRIPTION = (
     "Train and evaluate every cell of an experiment and write <out>/<name>.json and <name>.md (ours beside the "

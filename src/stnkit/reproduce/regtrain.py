@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,12 @@ from stnkit.fields import (
 from stnkit.files import atomic_torch_save, atomic_write_json
 from stnkit.modules import SpatialTransformer
 
-__all__ = ["MODELS", "RegistrationPairs", "build_model", "dice", "digit_mask", "evaluate", "load_peer",
-           "make_pairs", "register_seed", "synthetic_digits", "UNet"]
+__all__ = ["MASK_THRESHOLD", "MODELS", "PAD", "RegistrationPairs", "UNet", "build_model", "dice", "digit_mask",
+           "evaluate", "forward", "load_peer", "load_split", "make_pairs", "register_seed", "synthetic_digits"]
 
 MODELS = ("affine", "dense", "diffeomorphic", "affine-dense", "voxelmorph")
 PAD = 2  # 28 -> 32
+LOC_FEATURES = 64
 MASK_THRESHOLD = 0.5  # a digit's mask: pixels above this fraction of the image's maximum
 
 
@@ -196,7 +198,7 @@ def _localization(dims: int) -> nn.Module:
     pool = nn.AdaptiveAvgPool2d(4) if dims == 2 else nn.AdaptiveAvgPool3d(2)
     return nn.Sequential(conv(2, 16, 3, padding=1, stride=2), nn.LeakyReLU(0.2),
                          conv(16, 32, 3, padding=1, stride=2), nn.LeakyReLU(0.2), pool, nn.Flatten(),
-                         nn.Linear(32 * (16 if dims == 2 else 8), 64), nn.LeakyReLU(0.2))
+                         nn.Linear(32 * (16 if dims == 2 else 8), LOC_FEATURES), nn.LeakyReLU(0.2))
 
 
 class AffineRegistration(nn.Module):
@@ -208,7 +210,8 @@ class AffineRegistration(nn.Module):
 
     def __init__(self, dims: int) -> None:
         super().__init__()
-        self.transformer = SpatialTransformer(_localization(dims), "affine" if dims == 2 else "affine3d")
+        self.transformer = SpatialTransformer(_localization(dims), "affine" if dims == 2 else "affine3d",
+                                              in_features=LOC_FEATURES)
 
     def forward(self, moving: Tensor, fixed: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(warped, params)``."""
@@ -219,7 +222,9 @@ class AffineRegistration(nn.Module):
 def load_peer(module: str = "voxelmorph") -> tuple[Any, str | None]:
     """Import the peer library by name: ``(module, None)``, or ``(None, one-line reason)`` when it cannot load."""
     try:
-        return importlib.import_module(module), None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the peer's own import-time deprecation notices
+            return importlib.import_module(module), None
     except Exception as err:  # any import failure (missing, or a broken dependency) skips the peer row
         return None, f"{module} is not importable ({type(err).__name__}: {err}); peer row skipped"
 
@@ -235,7 +240,8 @@ def build_model(name: str, dims: int, features: Sequence[int], peer: Any = None)
     if name in ("dense", "diffeomorphic"):
         return DenseSpatialTransformer(UNet(dims, 2, dims, features), diffeomorphic=name == "diffeomorphic", steps=7)
     if name == "affine-dense":
-        parametric = SpatialTransformer(_localization(dims), "affine" if dims == 2 else "affine3d")
+        parametric = SpatialTransformer(_localization(dims), "affine" if dims == 2 else "affine3d",
+                                        in_features=LOC_FEATURES)
         return AffineDenseCascade(parametric, DenseSpatialTransformer(UNet(dims, 2, dims, features)))
     if name == "voxelmorph":
         if peer is None:
