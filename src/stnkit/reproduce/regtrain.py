@@ -251,8 +251,12 @@ def build_model(name: str, dims: int, features: Sequence[int], peer: Any = None)
     raise ValueError(f"unknown registration model {name!r}; expected one of {', '.join(MODELS)}")
 
 
-def forward(model: nn.Module, name: str, moving: Tensor, fixed: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Run a model: ``(warped, total displacement in voxels, (x, y[, z]) order, dense part in voxels or None)``."""
+def forward(model: Any, name: str, moving: Tensor, fixed: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Run a model of :func:`build_model` on (N, 1, *spatial) pairs.
+
+    Returns:
+        ``(warped, total displacement, dense part or None)``; fields (N, d, *spatial) in voxels, (x, y[, z]) order.
+    """
     size = tuple(moving.shape[2:])
     if name == "affine":
         warped, params = model(moving, fixed)
@@ -370,7 +374,7 @@ def register_seed(fields: dict[str, Any], seed: int, run_dir: Path, data_dir: st
         loss.backward()
         optimizer.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress and step % 100 == 0:
             print(f"  {name} {dims}-D step {step}/{steps} loss {sum(losses[-100:]) / 100:.5f}", flush=True)
         if step % every == 0 or step == steps:
