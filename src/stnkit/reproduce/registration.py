@@ -158,7 +158,8 @@ def pair_row(pair: dict[str, torch.Tensor], label: str, index: int = 0) -> list[
         images = [im.amax(1) for im in images]  # (1, H, W): maximum projection along depth
         det, grid = det[mid], grid[mid, ..., :2]  # middle slice, its in-plane (x, y)
     size = tuple(images[0].shape[1:])
-    return registration_panels(*images, denormalize_points(grid, size), det, label)
+    moving, fixed, warped = images
+    return registration_panels(moving, fixed, warped, denormalize_points(grid, size), det, label)
 
 
 def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | None) -> None:
