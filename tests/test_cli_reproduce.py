@@ -23,9 +23,10 @@ class TestParser:
         assert args.experiment == "coloc"
         assert args.budget is None  # the experiment's default
         assert args.out is None
-        assert set(EXPERIMENTS) == {"table1", "coloc", "attention", "addition", "mnist3d", "svhn"}
+        assert set(EXPERIMENTS) == {"table1", "coloc", "attention", "addition", "mnist3d", "svhn",
+                                    "registration"}
         assert {e.default_budget for e in EXPERIMENTS.values()} == {"cpu-3k", "cpu-1k", "cpu-1.5k", "cpu-60k",
-                                                                    "cpu-2.5k"}  # svhn's is cpu-2.5k too
+                                                                    "cpu-2.5k", "cpu-600"}
 
     def test_unknown_experiment_is_one_line(self, capsys):
         assert main(["reproduce", "no-such-experiment"]) == 2

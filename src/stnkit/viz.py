@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["REGION_COLORS", "Panel", "attended_region", "attention_panels", "box_outline", "error_curves",
-           "error_curves_side_by_side", "gif_of_run", "load_test_images", "panel_figure", "plot_transformations",
-           "region_panels", "transformer_panels", "transformer_rows", "visualize_run"]
+           "error_curves_side_by_side", "gif_of_run", "grid_lines", "jacobian_image", "load_test_images",
+           "panel_figure", "plot_transformations", "region_panels", "registration_panels", "transformer_panels",
+           "transformer_rows", "visualize_run"]
 
 
 def _border(points_per_edge: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -475,3 +476,63 @@ def region_panels(images: Tensor, regions: Sequence[Tensor], titles: Sequence[st
             outlines.append((torch.cat([line, line[:1]]), {"color": colors[k % len(colors)], "lw": 1.2}))
         panels.append(Panel(images[i].detach().cpu(), tuple(outlines), title=titles[i] if titles else ""))
     return panels
+
+
+def jacobian_image(det: Tensor) -> Tensor:
+    """Colour a Jacobian determinant map: blue where it shrinks, white at 1, red where it grows, black where folded.
+
+    Args:
+        det: determinants (H, W); ``log2(det)`` is clipped to [-1, 1] (halving to doubling).
+
+    Returns:
+        RGB image (3, H, W) in [0, 1], for a :class:`Panel`.
+
+    Example:
+        >>> jacobian_image(torch.tensor([[1.0, -1.0]]))[:, 0].T.tolist()
+        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+    t = det.detach().float().clamp_min(1e-6).log2().clamp(-1.0, 1.0)  # (H, W)
+    grow, shrink = t.clamp_min(0.0), (-t).clamp_min(0.0)
+    rgb = torch.stack([1.0 - shrink, 1.0 - grow - shrink, 1.0 - grow])  # (3, H, W)
+    return torch.where(det.detach() > 0, rgb, torch.zeros_like(rgb))
+
+
+def grid_lines(grid_px: Tensor, every: int = 2, color: str = "tab:orange") -> tuple[tuple[Tensor, dict[str, Any]], ...]:
+    """Return a deformed grid's lines as :class:`Panel` outlines: every ``every``-th row and column of sample points.
+
+    Args:
+        grid_px: where each output pixel samples the source, (H, W, 2) as (x, y) source pixels.
+        every: spacing of the drawn lines, in output pixels.
+        color: line colour.
+
+    Example:
+        >>> len(grid_lines(torch.zeros(4, 6, 2), every=2))
+        5
+    """
+    style = {"color": color, "lw": 0.6}
+    rows = [(grid_px[i], style) for i in range(0, grid_px.shape[0], every)]  # (W, 2) each
+    cols = [(grid_px[:, j], style) for j in range(0, grid_px.shape[1], every)]  # (H, 2) each
+    return tuple(rows + cols)
+
+
+def registration_panels(moving: Tensor, fixed: Tensor, warped: Tensor, grid_px: Tensor, det: Tensor,
+                        label: str = "", every: int = 2) -> list[Panel]:
+    """Return one registered pair's row: moving, fixed, warped, the deformed grid over the moving image, det map.
+
+    Args:
+        moving: moving image (C, H, W).
+        fixed: fixed image (C, H, W).
+        warped: the moving image warped onto the fixed one (C, H, W).
+        grid_px: sample positions in the moving image (H, W, 2), (x, y) pixels.
+        det: Jacobian determinant of the map (H, W) (:func:`stnkit.fields.jacobian_determinant`).
+        label: the row's label (the model).
+        every: grid line spacing in pixels.
+
+    Example:
+        >>> row = registration_panels(*[torch.zeros(1, 4, 4)] * 3, torch.zeros(4, 4, 2), torch.ones(4, 4), "dense")
+        >>> [p.title for p in row], row[0].ylabel
+        (['moving', 'fixed', 'warped', 'deformed grid', 'Jacobian det.'], 'dense')
+    """
+    return [Panel(moving, title="moving", ylabel=label), Panel(fixed, title="fixed"), Panel(warped, title="warped"),
+            Panel(moving, grid_lines(grid_px, every), title="deformed grid"),
+            Panel(jacobian_image(det), title="Jacobian det.")]

@@ -9,7 +9,7 @@ from stnkit.commands._common import progress_default
 
 NAME = "reproduce"
 HELP = ("reproduce one of the paper's experiments (resumable per cell): table1, coloc, attention, addition, mnist3d, "
-        "svhn")
+        "svhn, registration")
 ORDER = 40
 DESCRIPTION = (
     "Train and evaluate every cell of an experiment and write <out>/<name>.json and <name>.md (ours beside the "
