@@ -22,8 +22,9 @@ def _restore_threads():
 
 def _one_line_error(capsys, argv, match):
     code = main(argv)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code != 0
+    assert "stnkit train:" not in out  # the run's description is printed only once every value has been checked
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err

@@ -24,11 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add this command's arguments to its parser: run flags by hand, one override flag per recipe setting."""
     from stnkit.models import list_models
     from stnkit.training import DATASETS, RECIPES
+    from stnkit.transforms import available
 
     p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default rts)")
     p.add_argument("--model", help=f"one of {', '.join(list_models())} (default st-cnn)")
-    p.add_argument("--transform",
-                   help="ST models: affine, projective, tps, attention, similarity, translation (default affine)")
+    p.add_argument("--transform", help=f"ST models: one of {', '.join(available())} (default affine)")
     p.add_argument("--recipe", help=f"training recipe: {', '.join(RECIPES)} (default cpu)")
     add_deprecated_alias(p, "--budget", "--recipe")
     steps = p.add_mutually_exclusive_group()
@@ -88,8 +88,6 @@ def config_from_args(args: argparse.Namespace):
     conflict; where and how it runs (hardware, threads, data folder, progress, precision) and ``--steps``
     (constant schedules only) may change.
     """
-    from stnkit import transforms
-    from stnkit.models import list_models
     from stnkit.training import TrainConfig
     from stnkit.training.recipes import recipe_settings
 
@@ -103,13 +101,9 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"--bound must be positive; got {args.bound}")
         given["model_kwargs"] = {"bound": args.bound}
     config = TrainConfig(**given)
-    if config.model not in list_models():
-        raise ValueError(f"unknown model {config.model!r}; known models: {', '.join(list_models())}")
     if args.bound is not None and not config.model.startswith("st-"):
         raise ValueError(f"--bound applies to ST models; {config.model!r} has no spatial transformer")
-    transforms.get(config.transform)  # unknown names fail here, with the list of known ones
     if not args.resume:
-        config.resolved_recipe()  # validate recipe values now
         return config
     saved = config.run_dir() / "config.json"
     if not saved.is_file():
@@ -159,14 +153,17 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     set_threads(config.threads)
     launched_worker = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
-    if not launched_worker:  # DDP re-runs this command in every other process
-        print(f"stnkit train: {describe(config)}; run dir {config.run_dir()}", flush=True)
+
+    def announce(resolved) -> None:  # after every value is checked: model built, data found
+        if not launched_worker:  # DDP re-runs this command in every other process
+            print(f"stnkit train: {describe(resolved)}; run dir {resolved.run_dir()}", flush=True)
+
     from stnkit.training import fit
     from stnkit.training.callbacks import PrintValidation
     from stnkit.training.errors import RunInterrupted
 
     try:
-        metrics = fit(config, overwrite=args.overwrite,
+        metrics = fit(config, overwrite=args.overwrite, on_start=announce,
                       callbacks=[] if config.progress else [PrintValidation("  ")])
     except RunInterrupted as e:
         e.hint = f"resume with: stnkit train --out {config.run_dir()} --resume"

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -133,6 +133,7 @@ def fit(
     datamodule: pl.LightningDataModule | None = None,
     callbacks: Sequence[pl.Callback] = (),
     overwrite: bool = False,
+    on_start: Callable[[TrainConfig], None] | None = None,
 ) -> dict[str, Any]:
     """Train a model as ``config`` says, write its run directory and return the final metrics.
 
@@ -142,6 +143,8 @@ def fit(
             ``num_classes``).
         callbacks: extra Lightning callbacks.
         overwrite: replace an existing run in ``config.run_dir()`` instead of refusing.
+        on_start: called with the resolved config (its data folder found) once the model is built, the data found
+            and the run directory claimed, before anything is trained or written: every bad value has failed by then.
 
     Returns:
         JSON-ready metrics: ``test_err`` and ``val_err`` (final weights, %), ``best_val_err``, ``steps``,
@@ -188,6 +191,8 @@ def fit(
         except OSError as e:
             raise PermissionError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
     try:
+        if on_start is not None:
+            on_start(config)
         return _train(config, recipe, lit, dm, run_dir, callbacks, overwrite, t0)
     finally:
         if lock is not None:
