@@ -82,6 +82,14 @@ class TestBadArguments:
                                "lacks MNIST files")
         assert "train-images-idx3-ubyte" in line
 
+    def test_demo_missing_data_before_its_first_line(self, capsys, tmp_path):
+        code = main(["demo", "--data-dir", str(tmp_path), "--out", str(tmp_path / "demo"), "--recipe", "smoke"])
+        out, err = capsys.readouterr()
+        assert code != 0
+        assert "[1/2]" not in out
+        assert len(err.strip().splitlines()) == 1
+        assert "lacks MNIST files" in err
+
     def test_unwritable_output(self, capsys, tmp_path, mnist_dir):
         (tmp_path / "file").write_text("")
         _one_line_error(capsys, ["train", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "file" / "run"),

@@ -52,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads, train_subset=args.train_subset, val_subset=args.val_subset,
             test_subset=args.test_subset, accelerator="cpu",
         )
-        r = config.resolved_recipe()
-        print(f"[{i}/2] training {model}{' (' + args.transform + ')' if model.startswith('st-') else ''} on RTS "
-              f"MNIST: {r.steps} steps of {r.batch_size}, {r.optimizer} lr {r.lr:g} {r.scheduler}, "
-              f"{config.precision_used()}", flush=True)
+
+        def announce(resolved: TrainConfig, i: int = i, model: str = model) -> None:  # after every check
+            r = resolved.resolved_recipe()
+            print(f"[{i}/2] training {model}{' (' + args.transform + ')' if model.startswith('st-') else ''} on "
+                  f"RTS MNIST: {r.steps} steps of {r.batch_size}, {r.optimizer} lr {r.lr:g} {r.scheduler}, "
+                  f"{resolved.precision_used()}", flush=True)
+
         try:
-            m = fit(config, overwrite=True, callbacks=[] if config.progress else [PrintValidation("      ")])
+            m = fit(config, overwrite=True, on_start=announce,
+                    callbacks=[] if config.progress else [PrintValidation("      ")])
         except RunInterrupted as e:
             e.hint = "the demo starts over when run again"
             raise

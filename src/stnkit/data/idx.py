@@ -271,8 +271,9 @@ def find_mnist(data_dir: str | os.PathLike | None = None, download: bool = True)
     if found is not None:
         return found
     if not download:
-        raise DataError(f"MNIST not found in {cache}; call find_mnist(download=True), or set STNKIT_DATA / pass "
-                        f"data_dir to a folder holding the four IDX files")
+        raise DataError(f"MNIST not found in the cache {cache}; pass data_dir (--data-dir on the command line) or "
+                        f"set STNKIT_DATA to a folder holding the four IDX files, or let find_mnist(download=True) "
+                        f"download them into the cache")
     download_mnist(cache)
     return cache
 
@@ -337,4 +338,5 @@ def download_mnist(
                 errors.append(f"{url}: {err}")
         else:
             raise DataError(f"could not download {name}.gz into {root}:\n  " + "\n  ".join(errors) +
-                            "\nDownload the four files by hand and set STNKIT_DATA (or data_dir) to their folder.")
+                            f"\nDownload the four files by hand into {root}, or pass their folder as data_dir (--data-dir on "
+                            "the command line) or STNKIT_DATA.")
