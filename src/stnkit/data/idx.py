@@ -338,5 +338,5 @@ def download_mnist(
                 errors.append(f"{url}: {err}")
         else:
             raise DataError(f"could not download {name}.gz into {root}:\n  " + "\n  ".join(errors) +
-                            f"\nDownload the four files by hand into {root}, or pass their folder as data_dir (--data-dir on "
-                            "the command line) or STNKIT_DATA.")
+                            f"\nDownload the four files by hand into {root}, or pass their folder as data_dir "
+                            "(--data-dir on the command line) or STNKIT_DATA.")

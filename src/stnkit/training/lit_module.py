@@ -14,7 +14,7 @@ from torch import Tensor
 from stnkit import models
 from stnkit.modules import SpatialTransformer, param_groups
 from stnkit.training.errors import NonFiniteLossError
-from stnkit.training.recipes import Recipe, get_recipe
+from stnkit.training.recipes import Recipe, get_recipe, recipe_settings
 
 __all__ = ["NonFiniteLossError", "STNLitModule"]
 
@@ -92,16 +92,15 @@ class STNLitModule(pl.LightningModule):
         """
         if "recipe" in hparams:
             return cls(**hparams)
-        hp = dict(hparams)
-        recipe = Recipe("checkpoint", **{f: hp[f] for f in ("optimizer", "lr", "momentum", "weight_decay",
-                                                            "scheduler", "step_size", "gamma", "pct_start",
-                                                            "loc_lr_scale", "channels_last") if f in hp},
-                        steps=hp.get("max_steps", Recipe.steps))
+        hp = {**hparams, "st_downsample": None if hparams.get("st_downsample", "none") == "none" else
+              hparams["st_downsample"]}
+        values = {f.name: hp[f.name] for f in recipe_settings()
+                  if f.name in hp and f.name not in ("steps", "st_downsample")}
+        recipe = Recipe("checkpoint", **values, steps=hp.get("max_steps", Recipe.steps))
         model = hp.get("model", "st-cnn")
-        down = hp.get("st_downsample", "none")
-        names = ("transform", "input_size", "in_channels", "num_classes", "param_budget", "loc_lr_scale")
+        names = ("transform", "input_size", "in_channels", "num_classes", "param_budget", "loc_lr_scale",
+                 "st_downsample")
         given: dict[str, Any] = {k: hp[k] for k in names if k in hp}
-        given["st_downsample"] = None if down == "none" else down
         takes = models.model_args(model)
         kwargs = {k: v for k, v in given.items() if k in takes}
         return cls(model, recipe, {**kwargs, **(hp.get("model_kwargs") or {})})
