@@ -1,4 +1,4 @@
-"""The style guide's gates, run with the suite (so `.ci/run` enforces them): ruff on src and tests, mypy on src."""
+"""The style guide's gates, run with the suite (so `.ci/run` enforces them): ruff on src, tests, scripts, benchmarks and results; mypy on src."""
 
 import subprocess
 import sys
@@ -12,7 +12,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_ruff_is_clean():
-    r = _run("ruff", "check", "src", "tests", "benchmarks", "results", "--output-format", "concise")
+    r = _run("ruff", "check", "src", "tests", "benchmarks", "results", "scripts", "--output-format", "concise")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -22,6 +22,6 @@ def test_mypy_is_clean():
 
 
 def test_shell_scripts_parse():
-    for script in ("run.sh", ".ci/run", "scripts/reproduce_all.sh"):
+    for script in ("run.sh", ".ci/run", "scripts/reproduce_all.sh", "scripts/gpu_check.sh"):
         r = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, f"{script}: {r.stderr}"
