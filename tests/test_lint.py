@@ -1,4 +1,4 @@
-"""The style guide's gates, run with the suite (so `.ci/run` enforces them): ruff on src, tests, scripts, benchmarks and results; mypy on src."""
+"""The style guide's gates, run with the suite (so `.ci/run` enforces them): ruff on the tree, mypy on src."""
 
 import subprocess
 import sys
