@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="seeds per cell, averaged (default 1; 3 for the paper budget)")
     p.add_argument("--out", help="output folder (default results/<experiment>)")
     p.add_argument("--data-dir",
-                   help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit/mnist)")
+                   help="folder with MNIST's IDX files (default $STNKIT_DATA, then ~/.cache/stnkit/mnist); svhn: "
+                        "or a folder of SVHN's format-1 train/ and test/ folders, to train on real SVHN")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the figures")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
