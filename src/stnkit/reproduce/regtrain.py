@@ -2,8 +2,8 @@
 
 Images are (N, 1, 32, 32) in [0, 1] (MNIST's 28x28 digits zero-padded by 2 pixels so three 2x poolings divide the
 size) or (N, 1, V, V, V) volumes (:func:`stnkit.data.mnist3d.render_volumes` of 2x-downsampled digits). A pair is a
-moving and a fixed image of the same class; the loss is ``mse(warped, fixed) + lam * gradient_loss(d)`` with ``d``
-the dense displacement in voxels (so ``lam`` means what it means in VoxelMorph's MNIST tutorial).
+moving and a fixed image of the same class; the loss is ``similarity(warped, fixed) + lam * gradient_loss(d)`` with
+``d`` the dense displacement in voxels (with ``mse``, ``lam`` means what it means in VoxelMorph's MNIST tutorial).
 """
 
 from __future__ import annotations
