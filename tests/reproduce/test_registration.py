@@ -69,7 +69,7 @@ class TestNormalizedMSE:
 
     def test_scale_invariant_and_zero_on_match(self):
         a = torch.rand(2, 1, 4, 4, 4, dtype=torch.float64)
-        assert float(regtrain.normalized_mse(0.1 * a, 7 * a)) < 1e-12
+        assert float(regtrain.normalized_mse(0.1 * a, 7 * a, eps=0.0)) < 1e-12
 
     def test_emptying_the_volume_does_not_lower_it(self):
         # the 3-D collapse: with no overlap, fading (or shrinking) the warped slab lowers MSE but not nmse

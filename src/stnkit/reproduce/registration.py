@@ -100,9 +100,8 @@ def headline(result: dict[str, Any]) -> str:
 def _describe(out: Path, budget: Budget) -> dict[str, Any]:
     two, three = budget.fields_for(CELLS[0]), budget.fields_for(CELLS[-1])
     keys = ("steps", "batch_size", "lr", "lam", "features", "train_pairs", "test_pairs", "digits")
-    return {"setting": {k: two[k] for k in keys}, "setting_3d": {k: three[k] for k in (*keys, "volume_size",
-                                                                                       "thickness", "rotation", "fixed_pose",
-                                                                                       "similarity", "bound")},
+    keys_3d = (*keys, "volume_size", "thickness", "rotation", "fixed_pose", "similarity", "bound")
+    return {"setting": {k: two[k] for k in keys}, "setting_3d": {k: three[k] for k in keys_3d},
             "mask_threshold": regtrain.MASK_THRESHOLD, "pad": regtrain.PAD}
 
 
