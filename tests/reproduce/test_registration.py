@@ -10,7 +10,7 @@ from stnkit.reproduce import registration, regtrain, run
 
 EXP = registration.EXPERIMENT
 SYNTHETIC = {"digits": "synthetic"}
-OURS = ["affine", "dense", "diffeomorphic", "affine-dense", "affine-3d", "dense-3d"]
+OURS = ["affine", "dense", "diffeomorphic", "affine-dense", "affine-3d", "dense-3d", "affine-dense-3d"]
 
 
 @pytest.fixture
@@ -57,6 +57,86 @@ class TestPairs:
     def test_single_image_class(self):
         with pytest.raises(ValueError, match="class 1 has one image"):
             regtrain.make_pairs(torch.tensor([0, 0, 1]), 20, seed=0, split="train")
+
+
+class TestNormalizedMSE:
+    def test_against_float64_cosine(self):
+        torch.manual_seed(0)
+        a, b = torch.rand(3, 1, 5, 6, dtype=torch.float64), torch.rand(3, 1, 5, 6, dtype=torch.float64)
+        cos = [float((x * y).sum() / (x.square().sum() * y.square().sum()).sqrt()) for x, y in zip(a, b)]
+        expected = sum(2 - 2 * c for c in cos) / 3
+        assert float(regtrain.normalized_mse(a, b, eps=0.0)) == pytest.approx(expected, rel=1e-12)
+
+    def test_scale_invariant_and_zero_on_match(self):
+        a = torch.rand(2, 1, 4, 4, 4, dtype=torch.float64)
+        assert float(regtrain.normalized_mse(0.1 * a, 7 * a, eps=0.0)) < 1e-12
+
+    def test_emptying_the_volume_does_not_lower_it(self):
+        # the 3-D collapse: with no overlap, fading (or shrinking) the warped slab lowers MSE but not nmse
+        fixed, moving = torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8)
+        fixed[..., 1:3, :, :], moving[..., 5:7, :, :] = 1.0, 1.0
+        assert float(fields.mse(0.2 * moving, fixed)) < float(fields.mse(moving, fixed))
+        assert float(regtrain.normalized_mse(0.2 * moving, fixed)) == pytest.approx(2.0, rel=1e-6)
+        assert float(regtrain.normalized_mse(moving, fixed)) == pytest.approx(2.0, rel=1e-6)
+
+    def test_gradcheck(self):
+        a = torch.rand(2, 1, 3, 4, dtype=torch.float64, requires_grad=True)
+        b = torch.rand(2, 1, 3, 4, dtype=torch.float64)
+        assert torch.autograd.gradcheck(lambda x: regtrain.normalized_mse(x, b), (a,))
+        assert torch.autograd.gradgradcheck(lambda x: regtrain.normalized_mse(x, b), (a,))
+
+    def test_shape_mismatch(self):
+        with pytest.raises(ValueError, match="same shape"):
+            regtrain.normalized_mse(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5))
+
+
+def test_similarity_loss_dispatch():
+    a, b = torch.rand(2, 1, 9, 9), torch.rand(2, 1, 9, 9)
+    assert torch.equal(regtrain.similarity_loss("mse", a, b), fields.mse(a, b))
+    assert torch.equal(regtrain.similarity_loss("lncc", a, b, 5), fields.lncc(a, b, 5))
+    assert torch.equal(regtrain.similarity_loss("nmse", a, b), regtrain.normalized_mse(a, b))
+    with pytest.raises(ValueError, match="unknown similarity 'ssim'; expected one of mse, nmse, lncc"):
+        regtrain.similarity_loss("ssim", a, b)
+
+
+class TestPoses3D:
+    FIELDS = {**SYNTHETIC, "dims": 3, "train_images": 20, "train_pairs": 10, "volume_size": 16, "thickness": 4,
+              "rotation": (30.0, 30.0, 30.0)}
+
+    def test_fixed_at_the_canonical_pose(self):
+        from stnkit.data.mnist3d import render_volumes
+
+        split = regtrain.load_split(self.FIELDS, "train", 0, None)
+        digits, _ = regtrain.synthetic_digits(20, seed=0)
+        small = torch.nn.functional.avg_pool2d(digits.float()[:, None], 2)[:, 0] / 255.0
+        zero = {"angles": torch.zeros(20, 3), "translation": torch.zeros(20, 3)}
+        assert torch.equal(split.fixed_images, render_volumes(small, zero, 16, 4))
+        assert not torch.allclose(split.images, split.fixed_images)  # the movings are posed
+        moving, fixed = split.batch([0, 1])
+        assert torch.equal(moving, split.images[split.pairs[:2, 0]])
+        assert torch.equal(fixed, split.fixed_images[split.pairs[:2, 1]])
+
+    def test_random_fixed_pose_uses_the_posed_volumes(self):
+        split = regtrain.load_split({**self.FIELDS, "fixed_pose": "random"}, "train", 0, None)
+        assert split.fixed_images is split.images
+
+    def test_unknown_fixed_pose(self):
+        with pytest.raises(ValueError, match="unknown fixed_pose 'upright'; expected one of canonical, random"):
+            regtrain.load_split({**self.FIELDS, "fixed_pose": "upright"}, "train", 0, None)
+
+
+@pytest.mark.parametrize("name", ["affine", "affine-dense"])
+def test_bounded_affine_head(name):
+    torch.manual_seed(0)
+    model = regtrain.build_model(name, 3, (4, 8, 8), bound=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(5.0 * torch.randn_like(p))
+        head = model.transformer if name == "affine" else model.parametric
+        params = head.predict_params(torch.rand(2, 2, 8, 8, 8))  # (2, 12)
+    identity = head.transform.identity()
+    assert (params - identity).abs().max() <= 0.5
+    assert (params - identity).abs().max() > 0.4  # saturated, not merely small
 
 
 @pytest.mark.parametrize("name", ["affine", "dense", "diffeomorphic", "affine-dense"])
@@ -119,7 +199,7 @@ def test_smoke_run_and_resume(tmp_path, one_thread):
     md = (out / "registration.md").read_text()
     assert "Budget **smoke**" in md
     assert "| affine + dense (cascade, one sampling) | 2-D |" in md
-    assert "Cells finished: 6 of 7" in md
+    assert "Cells finished: 7 of 8" in md
     assert (out / "fig_registration.png").stat().st_size > 5_000
     assert (out / "fig_registration_3d.png").stat().st_size > 5_000
 

@@ -8,8 +8,10 @@ deterministic per seed and split), 28x28 zero-padded to 32x32 so the U-Net's two
 ``affine-dense`` (:class:`stnkit.fields.AffineDenseCascade`, sampling the moving image once) and the peer row
 ``voxelmorph`` (VoxelMorph's own ``VxmPairwise``, same widths, ``integration_steps=0`` as in its tutorial; skipped
 with a one-line reason where voxelmorph is not importable). 3-D: ``affine-3d`` and ``dense-3d`` on volumes of
-2x-downsampled digits posed in V^3 (:func:`stnkit.data.mnist3d.render_volumes`). Loss: ``mse + lam *
-gradient_loss(d)``, ``d`` the dense part of the displacement in voxels (none for ``affine``). Metrics on held-out
+2x-downsampled digits posed in V^3 (:func:`stnkit.data.mnist3d.render_volumes`), plus ``affine-dense-3d``: the
+moving volume at a random pose, the fixed one at the canonical pose. Loss: ``similarity + lam *
+gradient_loss(d)`` (similarity ``mse`` in 2-D, ``nmse`` in 3-D: :func:`stnkit.reproduce.regtrain.similarity_loss`),
+``d`` the dense part of the displacement in voxels (none for ``affine``). Metrics on held-out
 test pairs: Dice of the digit masks (pixels above 0.5 of the image's maximum) and MSE, before and after; % folding
 pixels (Jacobian determinant <= 0); forward milliseconds per pair at the stated batch.
 """
@@ -40,25 +42,33 @@ CELLS = (
     Cell("voxelmorph", "peer: VoxelMorph VxmPairwise", {"model": "voxelmorph", "dims": 2}),
     Cell("affine-3d", "3-D affine (CNN + affine3d ST)", {"model": "affine", "dims": 3}),
     Cell("dense-3d", "3-D dense (U-Net displacement)", {"model": "dense", "dims": 3}),
+    Cell("affine-dense-3d", "3-D affine + dense (cascade, one sampling)", {"model": "affine-dense", "dims": 3}),
 )
 
 #: Every cell: Adam, lr 1e-3, lam 0.05 (VoxelMorph's MNIST tutorial weight, voxel units), pairs drawn from the first
 #: ``train_images`` / ``test_images`` digits of MNIST's train / test split. ``cpu-600``: 600 steps of batch 32
-#: (2-D), 300 steps of batch 8 (3-D, 24^3 volumes, rotations up to 30 deg about each axis); whole run on 2 cores:
-#: see ``results/registration/NOTES.md``. ``paper``: VoxelMorph's tutorial length (far more steps), 3 seeds.
+#: (2-D), 300 steps of batch 8 (3-D, 24^3 volumes); whole run on 2 cores: see ``results/registration/NOTES.md``.
+#: ``paper``: VoxelMorph's tutorial length (far more steps), 3 seeds. 3-D (``_3D``, chosen by 300-step one-thread
+#: probes, NOTES.md): the fixed volume at the canonical pose and the moving one rotated up to 30 deg about each
+#: axis (two random poses left the affine model nothing to recover: Dice 0.047 -> 0.000); slabs 8 voxels thick
+#: (4: affine Dice 0.30, 8: 0.37); similarity ``nmse`` (plain MSE is lowered by emptying the mostly empty volume:
+#: affine 0.09 -> 0.09 at 4 voxels, nmse 0.28; ``lncc`` 0.31 but 60x slower); lam 2.0 for nmse's ~100x larger
+#: scale (0.05: dense folding 5.9 %, 2.0: 1.3 %); affine parameters bounded to 1.0 around the identity (enough
+#: for the poses; 0.30 vs 0.28 unbounded); the affine lr stays 1e-3 (3e-4: Dice 0.11 after 300 steps).
 _COMMON = {"digits": "mnist", "lr": 1e-3, "lam": 0.05, "eval_batch": 64, "features": (16, 32, 32),
-           "volume_size": 24, "thickness": 4, "rotation": (30.0, 30.0, 30.0), "peer_module": "voxelmorph"}
+           "volume_size": 24, "thickness": 8, "rotation": (30.0, 30.0, 30.0), "peer_module": "voxelmorph"}
+_3D = {"fixed_pose": "canonical", "similarity": "nmse", "lam": 2.0, "bound": 1.0}
 BUDGETS = (
     Budget("smoke", {**_COMMON, "steps": 3, "batch_size": 4, "train_images": 200, "test_images": 100,
                      "train_pairs": 32, "test_pairs": 6, "features": (4, 8, 8), "checkpoint_every": 2},
-           {"*-3d": {"volume_size": 16, "batch_size": 2, "test_pairs": 3}}),
+           {"*-3d": {**_3D, "volume_size": 16, "batch_size": 2, "test_pairs": 3}}),
     Budget("cpu-600", {**_COMMON, "steps": 600, "batch_size": 32, "train_images": 10000, "test_images": 2000,
                        "train_pairs": 10000, "test_pairs": 500, "checkpoint_every": 200},
-           {"*-3d": {"steps": 300, "batch_size": 8, "features": (8, 16, 16), "train_images": 2000,
+           {"*-3d": {**_3D, "steps": 300, "batch_size": 8, "features": (8, 16, 16), "train_images": 2000,
                      "test_images": 500, "train_pairs": 2000, "test_pairs": 100}}),
     Budget("paper", {**_COMMON, "steps": 10000, "batch_size": 32, "train_images": 60000, "test_images": 10000,
                      "train_pairs": 60000, "test_pairs": 2000, "checkpoint_every": 500},
-           {"*-3d": {"steps": 5000, "batch_size": 8, "volume_size": 32, "train_images": 10000,
+           {"*-3d": {**_3D, "steps": 5000, "batch_size": 8, "volume_size": 32, "train_images": 10000,
                      "test_images": 2000, "train_pairs": 10000, "test_pairs": 500}}, seeds=3),
 )
 
@@ -90,8 +100,8 @@ def headline(result: dict[str, Any]) -> str:
 def _describe(out: Path, budget: Budget) -> dict[str, Any]:
     two, three = budget.fields_for(CELLS[0]), budget.fields_for(CELLS[-1])
     keys = ("steps", "batch_size", "lr", "lam", "features", "train_pairs", "test_pairs", "digits")
-    return {"setting": {k: two[k] for k in keys}, "setting_3d": {k: three[k] for k in (*keys, "volume_size",
-                                                                                       "thickness", "rotation")},
+    keys_3d = (*keys, "volume_size", "thickness", "rotation", "fixed_pose", "similarity", "bound")
+    return {"setting": {k: two[k] for k in keys}, "setting_3d": {k: three[k] for k in keys_3d},
             "mask_threshold": regtrain.MASK_THRESHOLD, "pad": regtrain.PAD}
 
 
@@ -104,8 +114,10 @@ def render_markdown(table: dict[str, Any]) -> str:
         f"pairs, {s['test_pairs']} held-out test pairs from the test split; digits: {s['digits']}), 28x28 padded to "
         f"32x32. Training: Adam lr {s['lr']}, {s['steps']} steps of batch {s['batch_size']}; loss MSE + "
         f"{s['lam']} x gradient loss of the dense displacement in pixels; U-Net widths {list(s['features'])}. "
-        f"3-D: volumes {s3['volume_size']}^3 of 2x-downsampled digits extruded to {s3['thickness']} voxels and "
-        f"rotated up to {list(s3['rotation'])} deg, {s3['steps']} steps of batch {s3['batch_size']}, widths "
+        f"3-D: volumes {s3['volume_size']}^3 of 2x-downsampled digits extruded to {s3['thickness']} voxels; the "
+        f"moving one rotated up to {list(s3['rotation'])} deg and shifted inside the volume, the fixed one at the "
+        f"{s3['fixed_pose']} pose; loss {s3['similarity']} + {s3['lam']} x gradient loss, affine parameters "
+        f"within {s3['bound']} of the identity; {s3['steps']} steps of batch {s3['batch_size']}, widths "
         f"{list(s3['features'])}, {s3['test_pairs']} test pairs. Dice: masks above {table['mask_threshold']} of "
         "each image's maximum, moving (before) or warped (after) vs fixed. Folding: % of pixels whose Jacobian "
         "determinant is <= 0. Runtime: forward pass per pair at the evaluation batch, after a warm-up, CPU.\n",

@@ -2,8 +2,8 @@
 
 Images are (N, 1, 32, 32) in [0, 1] (MNIST's 28x28 digits zero-padded by 2 pixels so three 2x poolings divide the
 size) or (N, 1, V, V, V) volumes (:func:`stnkit.data.mnist3d.render_volumes` of 2x-downsampled digits). A pair is a
-moving and a fixed image of the same class; the loss is ``mse(warped, fixed) + lam * gradient_loss(d)`` with ``d``
-the dense displacement in voxels (so ``lam`` means what it means in VoxelMorph's MNIST tutorial).
+moving and a fixed image of the same class; the loss is ``similarity(warped, fixed) + lam * gradient_loss(d)`` with
+``d`` the dense displacement in voxels (with ``mse``, ``lam`` means what it means in VoxelMorph's MNIST tutorial).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from stnkit.fields import (
     folding_fraction,
     gradient_loss,
     grid_to_displacement,
+    lncc,
     mse,
     to_normalized,
     to_voxel,
@@ -33,8 +34,9 @@ from stnkit.fields import (
 from stnkit.files import atomic_torch_save, atomic_write_json
 from stnkit.modules import SpatialTransformer
 
-__all__ = ["MASK_THRESHOLD", "MODELS", "PAD", "RegistrationPairs", "UNet", "build_model", "dice", "digit_mask",
-           "evaluate", "forward", "load_peer", "load_split", "make_pairs", "register_seed", "synthetic_digits"]
+__all__ = ["FIXED_POSES", "MASK_THRESHOLD", "MODELS", "PAD", "SIMILARITIES", "RegistrationPairs", "UNet",
+           "build_model", "dice", "digit_mask", "evaluate", "forward", "load_peer", "load_split", "make_pairs",
+           "normalized_mse", "register_seed", "similarity_loss", "synthetic_digits"]
 
 MODELS = ("affine", "dense", "diffeomorphic", "affine-dense", "voxelmorph")
 PAD = 2  # 28 -> 32
@@ -112,12 +114,15 @@ class RegistrationPairs:
     """Images and (moving, fixed) pairs of one split; ``batch(rows)`` returns float tensors.
 
     Args:
-        images: float images (N, 1, *spatial) in [0, 1].
-        pairs: indices (P, 2) into ``images``.
+        images: float images (N, 1, *spatial) in [0, 1], the movings (and the fixed ones unless ``fixed_images``).
+        pairs: indices (P, 2) into ``images`` (moving) and ``fixed_images`` (fixed).
+        fixed_images: the fixed images (N, 1, *spatial), e.g. the same digits at the canonical pose; default
+            ``images``.
     """
 
-    def __init__(self, images: Tensor, pairs: Tensor) -> None:
+    def __init__(self, images: Tensor, pairs: Tensor, fixed_images: Tensor | None = None) -> None:
         self.images = images
+        self.fixed_images = images if fixed_images is None else fixed_images
         self.pairs = pairs
 
     def __len__(self) -> int:
@@ -126,7 +131,7 @@ class RegistrationPairs:
     def batch(self, rows: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
         """Return ``(moving, fixed)``, each (B, 1, *spatial)."""
         idx = self.pairs[torch.as_tensor(rows, dtype=torch.int64)]  # (B, 2)
-        return self.images[idx[:, 0]], self.images[idx[:, 1]]
+        return self.images[idx[:, 0]], self.fixed_images[idx[:, 1]]
 
 
 def _digits(fields: dict[str, Any], split: str, data_dir: str | None) -> tuple[Tensor, Tensor]:
@@ -139,21 +144,35 @@ def _digits(fields: dict[str, Any], split: str, data_dir: str | None) -> tuple[T
     return images[:n], labels[:n]
 
 
-def load_split(fields: dict[str, Any], split: str, seed: int, data_dir: str | None) -> RegistrationPairs:
-    """Build one split's images (2-D padded to 32x32, or 3-D volumes) and same-class pairs from a cell's fields."""
-    digits, labels = _digits(fields, split, data_dir)
-    if fields["dims"] == 2:
-        images = F.pad(digits.float()[:, None] / 255.0, (PAD,) * 4)  # (N, 1, 32, 32)
-    else:
-        from stnkit.data import rng
-        from stnkit.data.mnist3d import render_volumes, sample_poses
+FIXED_POSES = ("canonical", "random")
 
-        small = F.avg_pool2d(digits.float()[:, None], 2)[:, 0] / 255.0  # (N, 14, 14)
-        v, t = fields["volume_size"], fields["thickness"]
-        ids = torch.arange(small.shape[0])
-        poses = sample_poses(rng.derive_key(0, split), ids, (t, *small.shape[1:]), v, fields["rotation"])
-        images = render_volumes(small, poses, v, t)  # (N, 1, V, V, V)
-    return RegistrationPairs(images, make_pairs(labels, fields[f"{split}_pairs"], seed, split))
+
+def load_split(fields: dict[str, Any], split: str, seed: int, data_dir: str | None) -> RegistrationPairs:
+    """Build one split's images (2-D padded to 32x32, or 3-D volumes) and same-class pairs from a cell's fields.
+
+    3-D: every moving volume is its digit's slab at a random pose (``rotation``, a translation keeping it inside);
+    the fixed volume is the other digit's slab at the canonical pose (centred, unrotated) when
+    ``fields["fixed_pose"]`` is ``"canonical"`` (the default), or at its own random pose when ``"random"``.
+    """
+    digits, labels = _digits(fields, split, data_dir)
+    pairs = make_pairs(labels, fields[f"{split}_pairs"], seed, split)
+    if fields["dims"] == 2:
+        return RegistrationPairs(F.pad(digits.float()[:, None] / 255.0, (PAD,) * 4), pairs)  # (N, 1, 32, 32)
+    from stnkit.data import rng
+    from stnkit.data.mnist3d import render_volumes, sample_poses
+
+    fixed_pose = fields.get("fixed_pose", "canonical")
+    if fixed_pose not in FIXED_POSES:
+        raise ValueError(f"unknown fixed_pose {fixed_pose!r}; expected one of {', '.join(FIXED_POSES)}")
+    small = F.avg_pool2d(digits.float()[:, None], 2)[:, 0] / 255.0  # (N, 14, 14)
+    v, t = fields["volume_size"], fields["thickness"]
+    ids = torch.arange(small.shape[0])
+    poses = sample_poses(rng.derive_key(0, split), ids, (t, *small.shape[1:]), v, fields["rotation"])
+    moving = render_volumes(small, poses, v, t)  # (N, 1, V, V, V)
+    if fixed_pose == "random":
+        return RegistrationPairs(moving, pairs)
+    canonical = {"angles": torch.zeros(len(ids), 3), "translation": torch.zeros(len(ids), 3)}
+    return RegistrationPairs(moving, pairs, render_volumes(small, canonical, v, t))
 
 
 class UNet(nn.Module):
@@ -206,12 +225,13 @@ class AffineRegistration(nn.Module):
 
     Args:
         dims: 2 (``"affine"``) or 3 (``"affine3d"``).
+        bound: optional bound of every parameter around the identity (``SpatialTransformer(bound=...)``).
     """
 
-    def __init__(self, dims: int) -> None:
+    def __init__(self, dims: int, bound: float | None = None) -> None:
         super().__init__()
         self.transformer = SpatialTransformer(_localization(dims), "affine" if dims == 2 else "affine3d",
-                                              in_features=LOC_FEATURES)
+                                              in_features=LOC_FEATURES, bound=bound)
 
     def forward(self, moving: Tensor, fixed: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(warped, params)``."""
@@ -229,19 +249,22 @@ def load_peer(module: str = "voxelmorph") -> tuple[Any, str | None]:
         return None, f"{module} is not importable ({type(err).__name__}: {err}); peer row skipped"
 
 
-def build_model(name: str, dims: int, features: Sequence[int], peer: Any = None) -> nn.Module:
+def build_model(name: str, dims: int, features: Sequence[int], peer: Any = None,
+                bound: float | None = None) -> nn.Module:
     """Build a registration model by cell name (:data:`MODELS`); ``peer`` is the voxelmorph module for its row.
+
+    ``bound`` bounds the affine parameters around the identity (``"affine"`` and the cascade's affine stage).
 
     Raises:
         ValueError: an unknown name, or ``"voxelmorph"`` without ``peer``.
     """
     if name == "affine":
-        return AffineRegistration(dims)
+        return AffineRegistration(dims, bound)
     if name in ("dense", "diffeomorphic"):
         return DenseSpatialTransformer(UNet(dims, 2, dims, features), diffeomorphic=name == "diffeomorphic", steps=7)
     if name == "affine-dense":
         parametric = SpatialTransformer(_localization(dims), "affine" if dims == 2 else "affine3d",
-                                        in_features=LOC_FEATURES)
+                                        in_features=LOC_FEATURES, bound=bound)
         return AffineDenseCascade(parametric, DenseSpatialTransformer(UNet(dims, 2, dims, features)))
     if name == "voxelmorph":
         if peer is None:
@@ -272,6 +295,53 @@ def forward(model: Any, name: str, moving: Tensor, fixed: Tensor) -> tuple[Tenso
     d_ij, warped = model(moving, fixed, return_warped_source=True)  # voxelmorph: voxels, (i, j[, k]) order
     d = d_ij.flip(1)  # (N, d, *spatial) as (x, y[, z]) voxels
     return warped, d, d
+
+
+SIMILARITIES = ("mse", "nmse", "lncc")
+
+
+def normalized_mse(input: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Return the MSE of the two images after dividing each by its own root mean square, averaged over samples.
+
+    Per sample ``mean((a / rms(a) - b / rms(b))^2) = 2 - 2 cos(a, b)``: unlike :func:`stnkit.fields.mse` it does
+    not fall when the warp moves the content out of the volume or shrinks it (which lowers ``|a|^2``), only when the
+    overlap grows. ``eps`` keeps an empty image finite (it then scores 1).
+
+    Args:
+        input: warped images (N, C, *spatial).
+        target: fixed images, the same shape.
+        eps: added to each mean square.
+
+    Returns:
+        Scalar loss in [0, 4].
+
+    Example:
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> float(normalized_mse(x, 3 * x)) < 1e-6
+        True
+    """
+    if input.shape != target.shape:
+        raise ValueError(f"input and target must have the same shape; got {tuple(input.shape)} and "
+                         f"{tuple(target.shape)}")
+    a, b = input.flatten(1), target.flatten(1)  # (N, P)
+    a = a / (a.square().mean(1, keepdim=True) + eps).sqrt()
+    b = b / (b.square().mean(1, keepdim=True) + eps).sqrt()
+    return (a - b).square().mean()
+
+
+def similarity_loss(name: str, warped: Tensor, fixed: Tensor, window: int = 9) -> Tensor:
+    """Return the named image dissimilarity (:data:`SIMILARITIES`, lower is better); ``window`` is LNCC's box.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "mse":
+        return mse(warped, fixed)
+    if name == "nmse":
+        return normalized_mse(warped, fixed)
+    if name == "lncc":
+        return lncc(warped, fixed, window)
+    raise ValueError(f"unknown similarity {name!r}; expected one of {', '.join(SIMILARITIES)}")
 
 
 def digit_mask(images: Tensor, threshold: float = MASK_THRESHOLD) -> Tensor:
@@ -349,7 +419,7 @@ def register_seed(fields: dict[str, Any], seed: int, run_dir: Path, data_dir: st
     train = load_split(fields, "train", seed, data_dir)
     test = load_split(fields, "test", seed, data_dir)
     torch.manual_seed(seed)
-    model = build_model(name, dims, fields["features"], peer)
+    model = build_model(name, dims, fields["features"], peer, fields.get("bound"))
     optimizer = torch.optim.Adam(model.parameters(), lr=fields["lr"])
     order = torch.Generator().manual_seed(seed)
     ckpt = run_dir / "checkpoints" / "last.pt"
@@ -367,7 +437,7 @@ def register_seed(fields: dict[str, Any], seed: int, run_dir: Path, data_dir: st
         rows = torch.randint(0, len(train), (fields["batch_size"],), generator=order)
         moving, fixed = train.batch(rows)
         warped, _, dense = forward(model, name, moving, fixed)
-        loss = mse(warped, fixed)
+        loss = similarity_loss(fields.get("similarity", "mse"), warped, fixed, fields.get("lncc_window", 9))
         if dense is not None:
             loss = loss + fields["lam"] * gradient_loss(dense)
         optimizer.zero_grad(set_to_none=True)
