@@ -391,7 +391,7 @@ def evaluate(model: nn.Module, name: str, pairs: RegistrationPairs, batch_size: 
             "test_pairs": n}
 
 
-def _figure_pairs(model: nn.Module, name: str, pairs: RegistrationPairs, n: int = 2) -> dict[str, Tensor]:
+def _figure_pairs(model: nn.Module, name: str, pairs: RegistrationPairs, n: int = 1) -> dict[str, Tensor]:
     moving, fixed = pairs.batch(torch.arange(min(n, len(pairs))))
     with torch.no_grad():
         warped, d, _ = forward(model, name, moving, fixed)
