@@ -2,13 +2,14 @@
 
 Each sample is a pure function of (seed, split, epoch when ``fresh``, index) through the counter-based RNG of
 :mod:`stnkit.data.rng`, one stream per quantity. Per sequence: length L uniform in 1-``max_length`` (default 5;
-SVHN's are mostly 2-3 digits long; uniform gives the long ones enough weight), L digits drawn uniformly from the pool, a digit scale
-(``scale``, of the 28x28 digit box), a spacing of the digit centres (``spacing``, in digit-box widths), a
-rotation of the whole row (``rotation``, degrees) and a translation keeping the row's ink (a 20x20 core of each box)
-inside the canvas (over ``shift`` of the free room; 0 centres the row); per digit a vertical jitter (``jitter``, digit-box heights). A row too long for the canvas is
-shrunk until it fits. Clutter: ``clutter`` square crops of random pool digits at random places, combined by max,
-as the paper's cluttered MNIST. All digits of a batch are placed with one :func:`stnkit.warp` call (about 6k
-samples/s at batch 256 on the shared 2-core CPU, clutter included: far above what the models train on there).
+SVHN's are mostly 2-3 digits long; uniform gives the long ones enough weight), L digits drawn uniformly from the
+pool, a digit scale (``scale``, of the 28x28 digit box), a spacing of the digit centres (``spacing``, in digit-box
+widths), a rotation of the whole row (``rotation``, degrees) and a translation keeping the row's ink (a 20x20 core
+of each box) inside the canvas (over ``shift`` of the free room; 0 centres the row); per digit a vertical jitter
+(``jitter``, digit-box heights). A row too long for the canvas is shrunk until it fits. Clutter: ``clutter``
+square crops of random pool digits at random places, combined by max, as the paper's cluttered MNIST. All digits
+of a batch are placed with one :func:`stnkit.warp` call (about 6k samples/s at batch 256 on the shared 2-core
+CPU, clutter included: far above what the models train on there).
 
 Frames: geometry is drawn in centred canvas pixels (origin at the canvas centre, x right, y down); digit j is
 placed by ``canvas = s R(angle) digit + c_j``; the warp receives the inverse map in normalised frames
