@@ -26,7 +26,7 @@ class TestParser:
         assert set(EXPERIMENTS) == {"table1", "coloc", "attention", "addition", "mnist3d", "svhn",
                                     "registration"}
         assert {e.default_budget for e in EXPERIMENTS.values()} == {"cpu-3k", "cpu-1k", "cpu-1.5k", "cpu-60k",
-                                                                    "cpu-2.5k", "cpu-600"}
+                                                                    "cpu-2.5k", "cpu-600", "cpu-2k"}
 
     def test_unknown_experiment_is_one_line(self, capsys):
         assert main(["reproduce", "no-such-experiment"]) == 2

@@ -75,6 +75,24 @@ class TestMultiDigitMNIST:
             centres = (boxes[:n, 0] + boxes[:n, 2]) / 2
             assert torch.all(centres[1:] > centres[:-1])  # targets are in reading order
 
+    def test_max_length(self, pool):
+        batch = _ds(pool, 600, max_length=3).generate(range(600))
+        counts = torch.bincount(batch.length, minlength=6)
+        assert counts[0] == counts[4] == counts[5] == 0
+        assert torch.all((counts[1:4] > 150) & (counts[1:4] < 250)), counts  # 200 each, +-3.5 sigma
+        assert torch.all(batch.digits[:, 3:] == 10)
+
+    def test_shift(self, pool):
+        def centres(**kw):
+            b = _ds(pool, 200, clutter=0, rotation=(0.0, 0.0), jitter=0.0, **kw).generate(range(200))
+            first, last = b.boxes[:, 0], b.boxes[torch.arange(200), b.length - 1]
+            return torch.stack([(first[:, 0] + last[:, 2]) / 2, (first[:, 1] + first[:, 3]) / 2], 1)  # (B, 2) px
+
+        torch.testing.assert_close(centres(shift=0.0), torch.full((200, 2), 32.0), atol=1e-4, rtol=0)
+        full, half = centres() - 32, centres(shift=0.5) - 32
+        torch.testing.assert_close(half, full / 2, atol=1e-4, rtol=0)  # same draws, half the room
+        assert float(full.abs().max()) > 10  # rows move over most of the canvas by default
+
     def test_labels_follow_the_pool(self, pool):
         images, labels = pool
         ones = MultiDigitMNIST(images, torch.full_like(labels, 7), 20)
@@ -105,5 +123,9 @@ class TestMultiDigitMNIST:
             MultiDigitMNIST(images, labels, 4, split="test", fresh=True)
         with pytest.raises(ValueError, match="scale must be"):
             MultiDigitMNIST(images, labels, 4, scale=(1.0, 0.5))
+        with pytest.raises(ValueError, match=r"shift must be in \[0, 1\]"):
+            MultiDigitMNIST(images, labels, 4, shift=1.5)
+        with pytest.raises(ValueError, match=r"max_length must be in \[1, 5\]"):
+            MultiDigitMNIST(images, labels, 4, max_length=6)
         with pytest.raises(IndexError, match=r"indices must be in \[0, 4\)"):
             MultiDigitMNIST(images, labels, 4).generate([4])

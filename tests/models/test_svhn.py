@@ -15,6 +15,7 @@ from stnkit.modules import SpatialTransformer, param_groups
 from stnkit.transforms import get
 
 NAMES = ["svhn-cnn", "svhn-st-single", "svhn-st-multi"]
+BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _conv(c_in, c_out, k=5):
@@ -86,6 +87,22 @@ class TestArchitecture:
         assert drops == [False] + [True] * 7  # every hidden layer but the first conv
         assert sum(isinstance(m, nn.Dropout) for m in net.fc) == 2
         assert all(m.p == 0.5 for m in net.modules() if isinstance(m, nn.Dropout))
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_batch_norm_option(self, name):
+        plain, normed = create(name, width=0.125), create(name, width=0.125, batch_norm=True)
+        assert not any(isinstance(m, BN) for m in plain.modules())
+        for block in normed.blocks:
+            kinds = [type(m) for m in block if not isinstance(m, nn.Dropout)]
+            assert kinds[:3] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]  # BN before the ReLU
+            assert block[0].bias is None
+        assert [type(m) for m in normed.fc if isinstance(m, (nn.Linear, nn.BatchNorm1d))] == [nn.Linear,
+                                                                                              nn.BatchNorm1d] * 2
+        for st in normed.transformers.values():
+            assert not any(isinstance(m, BN) for m in st.modules())
+        extra = sum(2 * m.num_features for m in normed.modules() if isinstance(m, BN))
+        biases = sum(b[0].out_channels for b in plain.blocks)
+        assert count_params(normed) == count_params(plain) + extra - biases
 
     def test_transformer_placement(self):
         single, multi = create("svhn-st-single", width=0.125), create("svhn-st-multi", width=0.125)

@@ -28,8 +28,8 @@ def test_declaration():
     assert [c.key for c in EXP.cells] == ["cnn", "st-single", "st-multi"]
     assert [c.fields["model"] for c in EXP.cells] == ["svhn-cnn", "svhn-st-single", "svhn-st-multi"]
     assert [c.paper for c in EXP.cells] == [4.0, 3.7, 3.6]
-    assert [b.name for b in EXP.budgets] == ["smoke", "cpu-2.5k", "paper"]
-    assert EXP.default_budget == "cpu-2.5k"
+    assert [b.name for b in EXP.budgets] == ["smoke", "cpu-2.5k", "cpu-2k", "paper"]
+    assert EXP.default_budget == "cpu-2k"
     paper = EXP.budget("paper").fields_for(EXP.cells[2])  # App. A.5 as PAPER.md has it
     assert (paper["optimizer"], paper["lr"], paper["lr_step"], paper["lr_gamma"]) == ("sgd", 0.01, 80_000, 0.1)
     assert (paper["steps"], paper["batch_size"], paper["weight_decay"]) == (400_000, 128, 5e-4)
@@ -37,6 +37,10 @@ def test_declaration():
     cpu = EXP.budget("cpu-2.5k").fields
     assert cpu["steps"] == 2500
     assert cpu["train_size"] == cpu["steps"] * cpu["batch_size"]
+    cpu = EXP.budget("cpu-2k").fields
+    assert (cpu["steps"], cpu["batch_norm"], cpu["proxy"]) == (2000, True, {"max_length": 3, "shift": 0.2})
+    assert not paper.get("batch_norm")  # the paper's recipe keeps A.5's network
+    assert not paper.get("proxy")
 
 
 def test_smoke_end_to_end_and_skip(tmp_path, mnist_dir, one_thread):

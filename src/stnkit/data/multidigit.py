@@ -1,14 +1,15 @@
 """A multi-digit MNIST proxy of SVHN's sequences: 1-5 MNIST digits in a row on a 64x64 canvas, trainable on a CPU.
 
 Each sample is a pure function of (seed, split, epoch when ``fresh``, index) through the counter-based RNG of
-:mod:`stnkit.data.rng`, one stream per quantity. Per sequence: length L uniform in 1-5 (SVHN's are mostly 2-3
-digits long; uniform gives the long ones enough weight), L digits drawn uniformly from the pool, a digit scale
-(``scale``, of the 28x28 digit box), a spacing of the digit centres (``spacing``, in digit-box widths), a
-rotation of the whole row (``rotation``, degrees) and a translation keeping the row's ink (a 20x20 core of each box)
-inside the canvas; per digit a vertical jitter (``jitter``, digit-box heights). A row too long for the canvas is
-shrunk until it fits. Clutter: ``clutter`` square crops of random pool digits at random places, combined by max,
-as the paper's cluttered MNIST. All digits of a batch are placed with one :func:`stnkit.warp` call (about 6k
-samples/s at batch 256 on the shared 2-core CPU, clutter included: far above what the models train on there).
+:mod:`stnkit.data.rng`, one stream per quantity. Per sequence: length L uniform in 1-``max_length`` (default 5;
+SVHN's are mostly 2-3 digits long; uniform gives the long ones enough weight), L digits drawn uniformly from the
+pool, a digit scale (``scale``, of the 28x28 digit box), a spacing of the digit centres (``spacing``, in digit-box
+widths), a rotation of the whole row (``rotation``, degrees) and a translation keeping the row's ink (a 20x20 core
+of each box) inside the canvas (over ``shift`` of the free room; 0 centres the row); per digit a vertical jitter
+(``jitter``, digit-box heights). A row too long for the canvas is shrunk until it fits. Clutter: ``clutter``
+square crops of random pool digits at random places, combined by max, as the paper's cluttered MNIST. All digits
+of a batch are placed with one :func:`stnkit.warp` call (about 6k samples/s at batch 256 on the shared 2-core
+CPU, clutter included: far above what the models train on there).
 
 Frames: geometry is drawn in centred canvas pixels (origin at the canvas centre, x right, y down); digit j is
 placed by ``canvas = s R(angle) digit + c_j``; the warp receives the inverse map in normalised frames
@@ -66,6 +67,11 @@ class MultiDigitMNIST(Dataset):
         spacing: (low, high) of the distance of neighbouring digit centres, in digit-box widths.
         rotation: (low, high) of the row's angle, degrees.
         jitter: per-digit vertical offset, uniform in +-jitter digit-box heights.
+        shift: the fraction of the free room (canvas minus the row's extent) over which the row's centre is moved,
+            uniform in +-shift x room per axis; 1 fills the canvas, 0 centres every row (as SVHN's crops, centred
+            on the digits' box).
+        max_length: the longest sequence; lengths are uniform in 1..max_length (positions past it always "no
+            digit").
         clutter: number of clutter crops per canvas.
         clutter_size: side of a clutter crop, pixels.
 
@@ -83,7 +89,8 @@ class MultiDigitMNIST(Dataset):
         self, images: Tensor, labels: Tensor, num_samples: int, *, seed: int = 0, split: str = "train",
         fresh: bool = False, canvas_size: int = 64, scale: tuple[float, float] = (0.6, 1.0),
         spacing: tuple[float, float] = (0.65, 0.85), rotation: tuple[float, float] = (-15.0, 15.0),
-        jitter: float = 0.1, clutter: int = 4, clutter_size: int = 8,
+        jitter: float = 0.1, clutter: int = 4, clutter_size: int = 8, shift: float = 1.0,
+        max_length: int = MAX_DIGITS,
     ) -> None:
         if images.ndim != 3 or images.dtype != torch.uint8 or images.shape[0] == 0:
             raise ValueError(f"images must be a non-empty uint8 tensor (N, H, W); got {tuple(images.shape)} "
@@ -97,6 +104,10 @@ class MultiDigitMNIST(Dataset):
                 raise ValueError(f"{name} must be (low, high) with low <= high; got {(lo, hi)}")
         if scale[0] <= 0 or spacing[0] <= 0 or jitter < 0 or clutter < 0 or num_samples < 0:
             raise ValueError("scale and spacing must be positive, jitter, clutter and num_samples >= 0")
+        if not 0 <= shift <= 1:
+            raise ValueError(f"shift must be in [0, 1] (a fraction of the free room); got {shift}")
+        if not 1 <= max_length <= MAX_DIGITS:
+            raise ValueError(f"max_length must be in [1, {MAX_DIGITS}]; got {max_length}")
         if not 1 <= clutter_size <= min(images.shape[1:]) or canvas_size < clutter_size:
             raise ValueError(f"clutter_size must be in [1, {min(images.shape[1:])}] and <= canvas_size; got "
                              f"{clutter_size}")
@@ -106,6 +117,7 @@ class MultiDigitMNIST(Dataset):
         self.scale, self.spacing, self.rotation = tuple(map(float, scale)), tuple(map(float, spacing)), \
             tuple(map(float, rotation))
         self.jitter, self.clutter, self.clutter_size = float(jitter), int(clutter), int(clutter_size)
+        self.shift, self.max_length = float(shift), int(max_length)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -129,7 +141,8 @@ class MultiDigitMNIST(Dataset):
             raise IndexError(f"indices must be in [0, {self.num_samples}); got {ids.tolist()}")
         key, b, k, half = self.key(epoch), ids.shape[0], MAX_DIGITS, self.canvas_size / 2
         h, w = self.images.shape[1:]
-        length = 1 + (rng.uniform(key, ids, 1, _LENGTH, torch.float64)[:, 0] * k).long().clamp_max(k - 1)  # (B,)
+        m = self.max_length
+        length = 1 + (rng.uniform(key, ids, 1, _LENGTH, torch.float64)[:, 0] * m).long().clamp_max(m - 1)  # (B,)
         pick = (rng.uniform(key, ids, k, _PICK, torch.float64) * len(self.images)).long()  # (B, 5)
         pick = pick.clamp_max(len(self.images) - 1)
         present = torch.arange(k) < length[:, None]  # (B, 5)
@@ -143,7 +156,7 @@ class MultiDigitMNIST(Dataset):
         hy = _INK + self.jitter * h
         ext_x, ext_y = cos * hx + sin * hy, sin * hx + cos * hy  # (B,) of the rotated row
         scale = torch.minimum(scale, (half - 1) / torch.maximum(ext_x, ext_y))  # shrink rows that do not fit
-        room = (half - torch.stack([ext_x, ext_y], 1) * scale[:, None]).clamp_min(0)  # (B, 2)
+        room = self.shift * (half - torch.stack([ext_x, ext_y], 1) * scale[:, None]).clamp_min(0)  # (B, 2)
         shift = (2 * rng.uniform(key, ids, 2, _SHIFT, torch.float64) - 1) * room  # (B, 2) row centre, px
         along = (torch.arange(k, dtype=torch.float64) - (length[:, None] - 1) / 2) * step[:, None]  # (B, 5)
         rot = torch.stack([angle.cos(), -angle.sin(), angle.sin(), angle.cos()], -1).view(b, 1, 2, 2)  # (B, 1, 2, 2)

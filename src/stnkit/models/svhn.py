@@ -74,6 +74,8 @@ class SequenceNet(nn.Module):
         width: multiplier of every conv and FC width (1.0: the paper's).
         dropout: probability of the dropout after every hidden layer but the first conv.
         transformers: ``{k: transformer}``, the transformer applied to the input of conv layer k (0-based).
+        batch_norm: a BatchNorm after every conv and hidden FC layer (before its ReLU; the convs then have no
+            bias). Not in A.5 or Goodfellow et al.; an option for short CPU runs.
 
     Shapes:
         (N, C, S, S) -> :class:`SequenceLogits` ``length`` (N, 6), ``digits`` (N, 5, 11).
@@ -85,7 +87,7 @@ class SequenceNet(nn.Module):
     """
 
     def __init__(self, input_size: int = 64, in_channels: int = 3, width: float = 1.0, dropout: float = 0.5,
-                 transformers: dict[int, SpatialTransformer] | None = None) -> None:
+                 transformers: dict[int, SpatialTransformer] | None = None, batch_norm: bool = False) -> None:
         super().__init__()
         if input_size < 16:
             raise ValueError(f"SequenceNet needs inputs of at least 16x16 (four stride-2 pools); got {input_size}")
@@ -100,7 +102,9 @@ class SequenceNet(nn.Module):
         blocks, c_in, size = [], in_channels, input_size
         for i, c in enumerate(channels):
             stride = 2 if i % 2 == 0 else 1
-            layers = [nn.Conv2d(c_in, c, 5, padding=2), nn.ReLU(inplace=True), _pool(stride)]
+            norm = [nn.BatchNorm2d(c)] if batch_norm else []
+            layers = [nn.Conv2d(c_in, c, 5, padding=2, bias=not batch_norm), *norm, nn.ReLU(inplace=True),
+                      _pool(stride)]
             if i > 0:
                 layers.append(nn.Dropout(dropout))
             blocks.append(nn.Sequential(*layers))  # (N, c, size / stride, size / stride)
@@ -108,10 +112,11 @@ class SequenceNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         fc = _scaled(FC_UNITS, width)
         self.features = c_in * size * size
+        fc_norm = (lambda: [nn.BatchNorm1d(fc)]) if batch_norm else (lambda: [])
         self.fc = nn.Sequential(
             nn.Flatten(),  # (N, c8 * S/16 * S/16)
-            nn.Linear(self.features, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(self.features, fc), *fc_norm(), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc, fc), *fc_norm(), nn.ReLU(inplace=True), nn.Dropout(dropout),
         )
         self.length_head = nn.Linear(fc, LENGTH_CLASSES)
         self.digit_heads = nn.Linear(fc, MAX_DIGITS * NUM_DIGIT_CLASSES)  # five independent 11-way classifiers
@@ -242,27 +247,29 @@ def _transformer(loc: nn.Module, width: float, transform: str, loc_lr_scale: flo
 
 
 @register_model("svhn-cnn")
-def svhn_cnn(input_size: int = 64, in_channels: int = 3, width: float = 1.0, dropout: float = 0.5) -> SequenceNet:
-    """The baseline CNN (Goodfellow et al. 2014, App. A.5)."""
-    return SequenceNet(input_size, in_channels, width, dropout)
+def svhn_cnn(input_size: int = 64, in_channels: int = 3, width: float = 1.0, dropout: float = 0.5,
+             batch_norm: bool = False) -> SequenceNet:
+    """The baseline CNN (Goodfellow et al. 2014, App. A.5); ``batch_norm`` as :class:`SequenceNet`'s."""
+    return SequenceNet(input_size, in_channels, width, dropout, batch_norm=batch_norm)
 
 
 @register_model("svhn-st-single")
 def svhn_st_single(input_size: int = 64, in_channels: int = 3, width: float = 1.0, dropout: float = 0.5,
-                   transform: str = "affine", loc_lr_scale: float = 0.1) -> SequenceNet:
-    """ST-CNN Single: one transformer (four-layer CNN localisation) on the input."""
+                   transform: str = "affine", loc_lr_scale: float = 0.1, batch_norm: bool = False) -> SequenceNet:
+    """ST-CNN Single: one transformer (four-layer CNN localisation) on the input; no BatchNorm in it."""
     shape = SequenceNet.feature_shapes(input_size, in_channels, width)[0]
     st = _transformer(_single_localization(shape, width), width, transform, loc_lr_scale)
-    return SequenceNet(input_size, in_channels, width, dropout, {0: st})
+    return SequenceNet(input_size, in_channels, width, dropout, {0: st}, batch_norm)
 
 
 @register_model("svhn-st-multi")
 def svhn_st_multi(input_size: int = 64, in_channels: int = 3, width: float = 1.0, dropout: float = 0.5,
-                  transform: str = "affine", loc_lr_scale: float = 0.1, num_transformers: int = 4) -> SequenceNet:
+                  transform: str = "affine", loc_lr_scale: float = 0.1, num_transformers: int = 4,
+                  batch_norm: bool = False) -> SequenceNet:
     """ST-CNN Multi: a transformer (fc[32]-fc[32] localisation) before each of the first four conv layers."""
     shapes = SequenceNet.feature_shapes(input_size, in_channels, width)
     if not 1 <= num_transformers <= len(shapes):
         raise ValueError(f"num_transformers must be in [1, {len(shapes)}]; got {num_transformers}")
     sts = {k: _transformer(_fc_localization(shapes[k], width), width, transform, loc_lr_scale)
            for k in range(num_transformers)}
-    return SequenceNet(input_size, in_channels, width, dropout, sts)
+    return SequenceNet(input_size, in_channels, width, dropout, sts, batch_norm)
