@@ -13,14 +13,6 @@ SYNTHETIC = {"digits": "synthetic"}
 OURS = ["affine", "dense", "diffeomorphic", "affine-dense", "affine-3d", "dense-3d", "affine-dense-3d"]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: one thread is fastest, and robust on a busy machine
-    yield
-    torch.set_num_threads(threads)
-
-
 class TestDice:
     def test_hand_computed(self):
         a = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)

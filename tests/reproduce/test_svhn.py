@@ -15,14 +15,6 @@ EXP = svhn.EXPERIMENT
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: one thread is fastest, and robust on a busy machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_declaration():
     assert EXPERIMENTS["svhn"] is EXP
     assert [c.key for c in EXP.cells] == ["cnn", "st-single", "st-multi"]
