@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stnkit.reproduce import Budget, Cell, Experiment, run, write_outputs
+from stnkit.reproduce import Budget, Cell, Experiment, provenance, run, write_outputs
 from stnkit.reproduce.experiment import budget_recipe, select
 from stnkit.reproduce.runner import claim
 from stnkit.training import get_recipe
@@ -60,7 +60,10 @@ class TestRun:
         assert by_key["a-1"]["paper"] == 1.0
         assert set(by_key["a-1"]) >= {"key", "label", "seeds", "budget", "version", "commit"}
         assert json.loads((tmp_path / "budget.json").read_text()) == {"budget": "small"}
-        assert (tmp_path / "toy.md").read_text() == "# toy\n\n- a-1: 20.0\n- a-2: 20.0\n- b-1: 10.0\n"
+        code = provenance()
+        assert (tmp_path / "toy.md").read_text() == ("# toy\n\n- a-1: 20.0\n- a-2: 20.0\n- b-1: 10.0\n\n"
+                                                     f"Code: stnkit {code['version']}, commit(s) {code['commit']} "
+                                                     "(3 cells).\n")
 
     def test_rerun_names_the_skipped_cells_and_how_to_rerun(self, tmp_path):
         run(TOY, tmp_path, cells=["a-*"], log=quiet)
@@ -159,7 +162,10 @@ def test_notes_are_included_verbatim(tmp_path):
     notes = "## Notes\n\nA finding, with `code` and 1.23 %.\n"
     (tmp_path / "NOTES.md").write_text(notes)
     write_outputs(TOY, tmp_path, TOY.budget("small"))
-    assert (tmp_path / "toy.md").read_text() == "# toy\n\n- b-1: 10.0\n\n" + notes
+    code = provenance()
+    assert (tmp_path / "toy.md").read_text() == ("# toy\n\n- b-1: 10.0\n\n"
+                                                 f"Code: stnkit {code['version']}, commit(s) {code['commit']} "
+                                                 "(1 cell).\n\n" + notes)
 
 
 def test_select_keeps_order_and_drops_repeats():

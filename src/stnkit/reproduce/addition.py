@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from stnkit.reproduce.experiment import Budget, Cell, Experiment, budget_recipe
-from stnkit.reproduce.results import atomic_write_text, code_line, fmt, markdown_table, recipe_text, trained_model
+from stnkit.reproduce.results import atomic_write_text, fmt, markdown_table, recipe_text, trained_model
 
 __all__ = ["EXPERIMENT", "PAPER", "attention_shares", "branch_ink", "parallel_panels", "render_markdown"]
 
@@ -100,7 +100,7 @@ def render_markdown(table: dict[str, Any]) -> str:
                      + ", ".join(_share_text(i, s, ink) for i, (s, ink) in
                                  enumerate(zip(shares["channel1_share"], shares.get("ink") or inks_unknown)))
                      + ". Figure: `fig_addition.png`.\n")
-    lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}. {code_line(table['cells'])}\n")
+    lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}.\n")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import subprocess
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,16 @@ def recipe_text(budget: str, r: dict[str, Any]) -> str:
 
 
 def code_line(cells: Sequence[dict[str, Any]]) -> str:
-    """``Code: stnkit 0.1.0, commit(s) abc, def.``: the versions and commits the finished cells came from."""
-    return (f"Code: stnkit {', '.join(sorted({c['version'] for c in cells})) or '—'}, commit(s) "
-            f"{', '.join(sorted({c['commit'] for c in cells})) or '—'}.")
+    """``Code: stnkit 0.1.0, commit(s) abc (3 cells), def (1 cell).``: what the finished cells came from.
+
+    Example:
+        >>> code_line([{"version": "0.1.0", "commit": "abc"}] * 2 + [{"version": "0.1.0", "commit": "def"}])
+        'Code: stnkit 0.1.0, commit(s) abc (2 cells), def (1 cell).'
+    """
+    commits = Counter(str(c.get("commit", "unknown")) for c in cells)
+    versions = sorted({str(c.get("version", "unknown")) for c in cells})
+    listed = ", ".join(f"{k} ({n} cell{'s' if n > 1 else ''})" for k, n in sorted(commits.items()))
+    return f"Code: stnkit {', '.join(versions) or '—'}, commit(s) {listed or '—'}."
 
 
 def trained_model(out: str | os.PathLike, key: str) -> tuple[Any, Any] | None:

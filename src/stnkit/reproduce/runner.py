@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stnkit.reproduce.experiment import Budget, Cell, Experiment, SeedRun
-from stnkit.reproduce.results import CellStore, atomic_write_text, provenance
+from stnkit.reproduce.results import CellStore, atomic_write_text, code_line, provenance
 
 __all__ = ["check_budget", "claim", "run", "run_cell", "write_outputs"]
 
@@ -168,7 +168,8 @@ def write_outputs(experiment: Experiment, out: str | Path, budget: Budget, figur
                   data_dir: str | None = None) -> dict[str, Any]:
     """(Re)write ``<name>.json`` and ``<name>.md`` (and the figures) from the finished cells in ``out``.
 
-    The markdown is the experiment's ``render`` of the table followed by ``<out>/NOTES.md`` verbatim, where present.
+    The markdown is the experiment's ``render`` of the table, the versions and commits its cells came from
+    (:func:`~stnkit.reproduce.results.code_line`), then ``<out>/NOTES.md`` verbatim, where present.
     """
     out = Path(out)
     store = CellStore(out)
@@ -178,7 +179,7 @@ def write_outputs(experiment: Experiment, out: str | Path, budget: Budget, figur
     table = {"budget": budget.name, **(experiment.describe(out, budget) if experiment.describe else {}),
              "cells": store.table_cells(keys)}
     atomic_write_text(out / f"{experiment.name}.json", json.dumps(table, indent=experiment.json_indent) + "\n")
-    markdown = experiment.render(table)
+    markdown = experiment.render(table).rstrip("\n") + "\n\n" + code_line(table["cells"]) + "\n"
     notes = out / "NOTES.md"
     if notes.exists():
         markdown = markdown.rstrip("\n") + "\n\n" + notes.read_text()

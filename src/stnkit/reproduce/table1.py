@@ -14,7 +14,6 @@ from typing import Any
 from stnkit.reproduce.experiment import Budget, Cell, Experiment, budget_recipe
 from stnkit.reproduce.results import (
     CellStore,
-    code_line,
     fmt,
     markdown_table,
     recipe_text,
@@ -146,7 +145,7 @@ def render_markdown(table: dict[str, Any]) -> str:
     lines.append(f"\nCells finished: {len(by_key)} of {len(CELLS)}."
                  + (f" Not yet run: {', '.join(missing)}." if missing else ""))
     wall = sum(c["wall_s"] for c in table["cells"])
-    lines.append(f"Total training wall time: {wall / 3600:.2f} h. {code_line(table['cells'])}\n")
+    lines.append(f"Total training wall time: {wall / 3600:.2f} h.\n")
     return "\n".join(lines)
 
 
