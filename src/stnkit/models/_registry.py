@@ -62,10 +62,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         >>> create("st-cnn", input_size=42, st_downsample="output_size")(torch.rand(2, 1, 42, 42)).shape
         torch.Size([2, 10])
     """
-    factory = _MODELS.get(name.lower()) if isinstance(name, str) else None
-    if factory is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return factory(**kwargs)
+    return _MODELS[_key(name)](**kwargs)
 
 
 def model_args(name: str) -> tuple[str, ...]:
@@ -78,9 +75,13 @@ def model_args(name: str) -> tuple[str, ...]:
         >>> "transform" in model_args("st-cnn"), "transform" in model_args("cnn")
         (True, False)
     """
-    if not isinstance(name, str) or name.lower() not in _ARGS:
+    return _ARGS[_key(name)]
+
+
+def _key(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _ARGS[name.lower()]
+    return name.lower()
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
