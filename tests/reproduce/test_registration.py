@@ -57,36 +57,36 @@ class TestNormalizedMSE:
         a, b = torch.rand(3, 1, 5, 6, dtype=torch.float64), torch.rand(3, 1, 5, 6, dtype=torch.float64)
         cos = [float((x * y).sum() / (x.square().sum() * y.square().sum()).sqrt()) for x, y in zip(a, b)]
         expected = sum(2 - 2 * c for c in cos) / 3
-        assert float(regtrain.normalized_mse(a, b, eps=0.0)) == pytest.approx(expected, rel=1e-12)
+        assert float(fields.normalized_mse(a, b, eps=0.0)) == pytest.approx(expected, rel=1e-12)
 
     def test_scale_invariant_and_zero_on_match(self):
         a = torch.rand(2, 1, 4, 4, 4, dtype=torch.float64)
-        assert float(regtrain.normalized_mse(0.1 * a, 7 * a, eps=0.0)) < 1e-12
+        assert float(fields.normalized_mse(0.1 * a, 7 * a, eps=0.0)) < 1e-12
 
     def test_emptying_the_volume_does_not_lower_it(self):
         # the 3-D collapse: with no overlap, fading (or shrinking) the warped slab lowers MSE but not nmse
         fixed, moving = torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8)
         fixed[..., 1:3, :, :], moving[..., 5:7, :, :] = 1.0, 1.0
         assert float(fields.mse(0.2 * moving, fixed)) < float(fields.mse(moving, fixed))
-        assert float(regtrain.normalized_mse(0.2 * moving, fixed)) == pytest.approx(2.0, rel=1e-6)
-        assert float(regtrain.normalized_mse(moving, fixed)) == pytest.approx(2.0, rel=1e-6)
+        assert float(fields.normalized_mse(0.2 * moving, fixed)) == pytest.approx(2.0, rel=1e-6)
+        assert float(fields.normalized_mse(moving, fixed)) == pytest.approx(2.0, rel=1e-6)
 
     def test_gradcheck(self):
         a = torch.rand(2, 1, 3, 4, dtype=torch.float64, requires_grad=True)
         b = torch.rand(2, 1, 3, 4, dtype=torch.float64)
-        assert torch.autograd.gradcheck(lambda x: regtrain.normalized_mse(x, b), (a,))
-        assert torch.autograd.gradgradcheck(lambda x: regtrain.normalized_mse(x, b), (a,))
+        assert torch.autograd.gradcheck(lambda x: fields.normalized_mse(x, b), (a,))
+        assert torch.autograd.gradgradcheck(lambda x: fields.normalized_mse(x, b), (a,))
 
     def test_shape_mismatch(self):
         with pytest.raises(ValueError, match="same shape"):
-            regtrain.normalized_mse(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5))
+            fields.normalized_mse(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5))
 
 
 def test_similarity_loss_dispatch():
     a, b = torch.rand(2, 1, 9, 9), torch.rand(2, 1, 9, 9)
     assert torch.equal(regtrain.similarity_loss("mse", a, b), fields.mse(a, b))
     assert torch.equal(regtrain.similarity_loss("lncc", a, b, 5), fields.lncc(a, b, 5))
-    assert torch.equal(regtrain.similarity_loss("nmse", a, b), regtrain.normalized_mse(a, b))
+    assert torch.equal(regtrain.similarity_loss("nmse", a, b), fields.normalized_mse(a, b))
     with pytest.raises(ValueError, match="unknown similarity 'ssim'; expected one of mse, nmse, lncc"):
         regtrain.similarity_loss("ssim", a, b)
 

@@ -21,7 +21,7 @@ from stnkit.fields.conventions import (
     to_voxel,
     xy_to_ij,
 )
-from stnkit.fields.losses import bending_energy, gradient_loss, lncc, mse
+from stnkit.fields.losses import bending_energy, gradient_loss, lncc, mse, normalized_mse
 from stnkit.fields.metrics import folding_fraction, jacobian_determinant
 from stnkit.fields.modules import AffineDenseCascade, DenseSpatialTransformer
 from stnkit.fields.warping import integrate, warp
@@ -47,6 +47,7 @@ __all__ = [
     "jacobian_determinant",
     "lncc",
     "mse",
+    "normalized_mse",
     "to_normalized",
     "to_voxel",
     "warp",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bending_energy", "gradient_loss", "lncc", "mse"]
+__all__ = ["bending_energy", "gradient_loss", "lncc", "mse", "normalized_mse"]
 
 _PENALTIES = ("l2", "l1")
 
@@ -123,6 +123,34 @@ def mse(input: Tensor, target: Tensor) -> Tensor:
     """
     _check_pair(input, target)
     return (input - target).square().mean()
+
+
+def normalized_mse(input: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Return the MSE of the two images after dividing each by its own root mean square, averaged over samples.
+
+    Per sample ``mean((a / rms(a) - b / rms(b))^2) = 2 - 2 cos(a, b)``: unlike :func:`mse` it does
+    not fall when the warp moves the content out of the volume or shrinks it (which lowers ``|a|^2``), only when the
+    overlap grows. ``eps`` keeps an empty image finite (it then scores 1).
+
+    Args:
+        input: warped images (N, C, *spatial).
+        target: fixed images, the same shape.
+        eps: added to each mean square.
+
+    Returns:
+        Scalar loss in [0, 4].
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> float(normalized_mse(x, 3 * x)) < 1e-6
+        True
+    """
+    _check_pair(input, target)
+    a, b = input.flatten(1), target.flatten(1)  # (N, P)
+    a = a / (a.square().mean(1, keepdim=True) + eps).sqrt()
+    b = b / (b.square().mean(1, keepdim=True) + eps).sqrt()
+    return (a - b).square().mean()
 
 
 def lncc(input: Tensor, target: Tensor, window: int = 9, eps: float = 1e-5) -> Tensor:

@@ -28,6 +28,7 @@ from stnkit.fields import (
     grid_to_displacement,
     lncc,
     mse,
+    normalized_mse,
     to_normalized,
     to_voxel,
 )
@@ -36,7 +37,7 @@ from stnkit.modules import SpatialTransformer
 
 __all__ = ["FIXED_POSES", "MASK_THRESHOLD", "MODELS", "PAD", "SIMILARITIES", "RegistrationPairs", "UNet",
            "build_model", "dice", "digit_mask", "evaluate", "forward", "load_peer", "load_split", "make_pairs",
-           "normalized_mse", "register_seed", "similarity_loss", "synthetic_digits"]
+           "register_seed", "similarity_loss", "synthetic_digits"]
 
 MODELS = ("affine", "dense", "diffeomorphic", "affine-dense", "voxelmorph")
 PAD = 2  # 28 -> 32
@@ -298,35 +299,6 @@ def forward(model: Any, name: str, moving: Tensor, fixed: Tensor) -> tuple[Tenso
 
 
 SIMILARITIES = ("mse", "nmse", "lncc")
-
-
-def normalized_mse(input: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
-    """Return the MSE of the two images after dividing each by its own root mean square, averaged over samples.
-
-    Per sample ``mean((a / rms(a) - b / rms(b))^2) = 2 - 2 cos(a, b)``: unlike :func:`stnkit.fields.mse` it does
-    not fall when the warp moves the content out of the volume or shrinks it (which lowers ``|a|^2``), only when the
-    overlap grows. ``eps`` keeps an empty image finite (it then scores 1).
-
-    Args:
-        input: warped images (N, C, *spatial).
-        target: fixed images, the same shape.
-        eps: added to each mean square.
-
-    Returns:
-        Scalar loss in [0, 4].
-
-    Example:
-        >>> x = torch.rand(2, 1, 4, 4)
-        >>> float(normalized_mse(x, 3 * x)) < 1e-6
-        True
-    """
-    if input.shape != target.shape:
-        raise ValueError(f"input and target must have the same shape; got {tuple(input.shape)} and "
-                         f"{tuple(target.shape)}")
-    a, b = input.flatten(1), target.flatten(1)  # (N, P)
-    a = a / (a.square().mean(1, keepdim=True) + eps).sqrt()
-    b = b / (b.square().mean(1, keepdim=True) + eps).sqrt()
-    return (a - b).square().mean()
 
 
 def similarity_loss(name: str, warped: Tensor, fixed: Tensor, window: int = 9) -> Tensor:
