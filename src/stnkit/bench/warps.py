@@ -90,7 +90,7 @@ class WarpResult:
         """The JSON row: exactly op, shape, pass, baseline, stnkit_ms, baseline_ms, ratio."""
         return {"op": self.op, "shape": self.shape, "pass": self.pass_, "baseline": self.baseline,
                 "stnkit_ms": round(self.stnkit_ms, 4), "baseline_ms": round(self.baseline_ms, 4),
-                "ratio": round(self.ratio, 3)}
+                "ratio": float(f"{self.ratio:.4g}")}  # 4 significant digits: small ratios keep theirs
 
 
 def shape_str(in_shape: tuple[int, ...], out_size: tuple[int, ...]) -> str:
