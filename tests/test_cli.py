@@ -56,6 +56,44 @@ class TestParser:
         assert "rts" in text
         assert "--budget" in text
 
+    def test_every_recipe_setting_has_one_generated_flag(self):
+        from stnkit.training.recipes import recipe_settings
+
+        train = build_parser()._subparsers._group_actions[0].choices["train"]
+        flags = {o: a.dest for a in train._actions for o in a.option_strings}
+        for f in recipe_settings():
+            assert flags["--" + f.name.replace("_", "-")] == f.name
+        assert [o for o, dest in flags.items() if dest == "recipe"] == ["--recipe", "--budget"]
+
+
+def _config(argv):
+    from stnkit.commands.train import config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+class TestRecipeFlags:
+    def test_schedule_settings(self):
+        r = _config(["--recipe", "paper", "--pct-start", "0.3", "--step-size", "7", "--gamma", "0.5"]).resolved_recipe()
+        assert (r.pct_start, r.step_size, r.gamma, r.optimizer) == (0.3, 7, 0.5, "sgd")
+
+    def test_flags_left_alone_keep_the_recipes_values(self):
+        from stnkit.training import get_recipe
+
+        config = _config(["--recipe", "demo", "--no-channels-last", "--precision", "32-true"])
+        assert config.overrides == {"channels_last": False, "precision": "32-true"}
+        assert config.resolved_recipe() == get_recipe("demo", channels_last=False, precision="32-true")
+
+    def test_deprecated_spelling_works_with_a_notice(self, capsys):
+        assert _config(["--budget", "smoke"]).recipe == "smoke"
+        assert capsys.readouterr().err.splitlines() == ["stnkit train: --budget is deprecated; use --recipe"]
+        assert _config(["--recipe", "smoke"]).recipe == "smoke"
+        assert capsys.readouterr().err == ""
+
+    def test_values_are_checked(self):
+        with pytest.raises(ValueError, match=r"pct_start must be in \(0, 1\); got 1.5"):
+            _config(["--pct-start", "1.5"])
+
 
 class TestBadArguments:
     @pytest.mark.parametrize(("argv", "match"), [
@@ -64,6 +102,7 @@ class TestBadArguments:
         (["train", "--transform", "swirl"], "unknown transform 'swirl'"),
         (["train", "--recipe", "turbo"], "unknown recipe 'turbo'"),
         (["train", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+        (["train", "--gamma", "-1"], "gamma must be positive; got -1.0"),
         (["train", "--lr"], "argument --lr: expected one argument"),
         (["train", "--steps", "ten"], "invalid int value: 'ten'"),
         (["train", "--steps", "2", "--epochs", "1"], "not allowed with argument"),
@@ -155,6 +194,13 @@ class TestEndToEnd:
         assert main(args) == 1  # refuses to overwrite
         assert "already holds a run" in capsys.readouterr().err
         assert main([*args, "--resume"]) == 0  # already complete: nothing left to do, same metrics
+        capsys.readouterr()
+        assert main([*args, "--resume", "--gamma", "0.5", "--pct-start", "0.25"]) == 1  # 0.25: smoke's own
+        err = capsys.readouterr().err
+        assert "conflict with it: --gamma 0.5 (the run's: 0.1); drop them" in err
+        assert len(err.strip().splitlines()) == 1
+        resumed = _config([*args[1:], "--resume", "--precision", "bf16-mixed", "--threads", "2"])  # how, not what
+        assert (resumed.resolved_recipe().precision, resumed.threads, resumed.resume) == ("bf16-mixed", 2, True)
         assert main([*args, "--overwrite"]) == 0
 
     def test_demo(self, capsys, tmp_path, mnist_dir):

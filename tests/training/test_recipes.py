@@ -60,7 +60,37 @@ class TestTrainConfig:
         assert TrainConfig(recipe="paper", accelerator="cpu").precision_used() == "32-true"
         assert TrainConfig(recipe="cpu", accelerator="cpu").to_dict()["resolved"]["precision_used"] == native
 
+    def test_every_recipe_setting_is_an_override(self):
+        from stnkit.training.recipes import recipe_settings
+
+        for f in recipe_settings():
+            if f.metadata["choices"]:
+                value = f.metadata["choices"][-1]
+            else:  # a value unlike the default that every check accepts
+                value = not f.default if f.type == "bool" else type(f.default)(f.default / 2) or 0.5
+            config = TrainConfig(recipe="paper", **{f.name: value})
+            assert getattr(config.resolved_recipe(), f.name) == value, f.name
+            assert config.to_dict()[f.name] == value  # top-level, as config.json has always had them
+            assert TrainConfig.from_dict(config.to_dict()) == config
+
+    def test_resume_fixes_every_setting_but_how_it_runs(self):
+        from stnkit.training.recipes import recipe_settings
+
+        fixed = set(TrainConfig.fixed_on_resume())
+        assert {f.name for f in recipe_settings()} - fixed == {"steps", "precision"}
+        assert {"dataset", "model", "transform", "recipe", "seed", "model_kwargs"} <= fixed
+        assert not fixed & {"threads", "accelerator", "devices", "data_dir", "out", "progress"}
+
+    def test_reads_config_json_of_earlier_versions(self):
+        old = {"dataset": "rts", "model": "st-cnn", "transform": "affine", "recipe": "cpu", "steps": 3000,
+               "epochs": None, "batch_size": None, "lr": None, "st_downsample": None, "precision": None,
+               "seed": 0, "resolved": {"steps": 3000}, "params": 123}
+        config = TrainConfig.from_dict(old)
+        assert config.overrides == {"steps": 3000}
+        assert config.resolved_recipe().steps == 3000
+
     @pytest.mark.parametrize(("kw", "match"), [
+        ({"colour": "red"}, "unknown TrainConfig fields: colour"),
         ({"dataset": "svhn"}, "unknown dataset 'svhn'"),
         ({"steps": 3, "epochs": 1}, "either steps or epochs"),
         ({"epochs": 0}, "epochs must be"),
