@@ -135,15 +135,20 @@ class TestBadArguments:
     def test_resume_without_run(self, capsys, tmp_path):
         _one_line_error(capsys, ["train", "--resume", "--out", str(tmp_path / "none")], "nothing to resume")
 
-    def test_bench_forwards(self, monkeypatch):
-        import types
-
-        seen = {}
-        fake = types.ModuleType("stnkit.bench")
-        fake.main = lambda argv: seen.setdefault("argv", argv) and 0
-        monkeypatch.setitem(sys.modules, "stnkit.bench", fake)
-        assert main(["bench", "--help", "--steps", "3"]) == 0
-        assert seen["argv"] == ["--help", "--steps", "3"]
+    def test_bench_forwards(self, capsys):
+        with pytest.raises(SystemExit) as exit_help:
+            main(["bench", "--help"])
+        assert exit_help.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: stnkit bench")
+        assert "--quick" in out and "--sections SECTIONS" in out
+        with pytest.raises(SystemExit) as exit_unknown:
+            main(["bench", "--steps", "3"])
+        assert exit_unknown.value.code == 2
+        assert "stnkit bench: error: unrecognized arguments: --steps 3" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_value:
+            main(["bench", "--sections", "nope"])
+        assert exit_value.value.code == "unknown sections: nope"
 
     def test_console_script_has_no_traceback(self):
         proc = subprocess.run([sys.executable, "-m", "stnkit", "train", "--dataset", "nope"], capture_output=True,
