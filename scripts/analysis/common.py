@@ -91,7 +91,7 @@ def loss_at(encoder: torch.nn.Module, x: torch.Tensor, params: torch.Tensor, dra
 
 
 def localization_state(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Error %, dead units of the localisation net's last hidden layer (zero on every image), parameter std.
+    """Error %, dead units of the localisation net's last hidden layer (zero on every image), what the warp does.
 
     Args:
         model: a classifier holding one :class:`~stnkit.modules.SpatialTransformer`.
@@ -100,12 +100,20 @@ def localization_state(model: torch.nn.Module, images: torch.Tensor, labels: tor
 
     Returns:
         ``error`` (%), ``dead`` and ``units`` (of the last hidden layer), ``param_std`` (the std over the images of
-        the predicted transformation parameters, averaged over the parameters; 0: one fixed warp).
+        the predicted transformation parameters, averaged over the parameters; 0: one fixed warp). For affine
+        families also ``scale`` (mean over the images of sqrt|det A| of the output->source linear part: the side
+        of the attended window over the input's side; 1: the whole input) and ``shift_std_x``/``shift_std_y``
+        (std over the images of the translation, in normalised coordinates: how far the window moves).
     """
     st = next(m for m in model.modules() if isinstance(m, SpatialTransformer))
     with torch.no_grad():
         error = float((model(images).argmax(1) != labels).float().mean()) * 100
         features = st.localization(images).flatten(1)
         params = st.head(features)
-    return {"error": error, "dead": int((features.amax(0) <= 0).sum()), "units": features.shape[1],
-            "param_std": float(params.std(0).mean())}
+    state = {"error": error, "dead": int((features.amax(0) <= 0).sum()), "units": features.shape[1],
+             "param_std": float(params.std(0).mean())}
+    if hasattr(st.transform, "affine_matrix"):
+        theta = st.transform.affine_matrix(params)  # (B, 2, 3)
+        state["scale"] = float(torch.linalg.det(theta[:, :, :2]).abs().sqrt().mean())
+        state["shift_std_x"], state["shift_std_y"] = (float(v) for v in theta[:, :, 2].std(0))
+    return state

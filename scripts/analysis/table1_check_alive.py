@@ -2,10 +2,11 @@
 
 For each ST cell's final checkpoint (``<cells>/<key>/s0/checkpoints/last.ckpt``, kept on the machine that ran
 it, not in git), on 500 test images of the dataset it was trained on: how many units of the localisation net's
-last hidden layer are dead (zero for every image) and the std over the images of the predicted transformation
-parameters (0: one fixed warp for all). The R and RTS cells ran before training logged ``val/st_frozen``; this
-checks them after the fact. Cells of every folder after the first are marked with their folder. Output: ``--out``
-(default ``results/table1/loc-lr-x3-tc/alive.md``).
+last hidden layer are dead (zero for every image), the std over the images of the predicted transformation
+parameters (0: one fixed warp for all) and, for affine cells, the warp's mean scale (the attended window's side
+over the input's) and the std of its translation (how far the window moves with the digit). The R and RTS cells
+ran before training logged ``val/st_frozen``; this checks them after the fact. Cells of every folder after the
+first are marked with their folder. Output: ``--out`` (default ``results/table1/loc-lr-x3-tc/alive.md``).
 
     STNKIT_DATA=/path/to/mnist python scripts/analysis/table1_check_alive.py
 """
@@ -15,6 +16,7 @@ from common import RESULTS, existing_dir, localization_state
 from common import parser as make_parser
 
 from stnkit.data import distort, find_mnist, load_mnist
+from stnkit.files import atomic_write_text
 from stnkit.training import load_checkpoint
 
 HERE = RESULTS / "table1" / "loc-lr-x3-tc"
@@ -32,8 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     x, y = load_mnist(find_mnist(args.data, download=False), "test")
     x, y = x[:args.images], y[:args.images]
     images = {}
-    rows = [f"| cell | loc lr x | dead units of the last hidden layer | parameter std over images | error % "
-            f"({args.images} images) |", "|---|---|---|---|---|"]
+    rows = [f"| cell | loc lr x | dead units of the last hidden layer | parameter std over images | mean scale "
+            f"(affine) | translation std x / y (affine) | error % ({args.images} images) |",
+            "|---|---|---|---|---|---|---|"]
     for i, folder in enumerate(args.cells):
         for cell in sorted(folder.iterdir()):
             ckpt = cell / "s0" / "checkpoints" / "last.ckpt"
@@ -45,13 +48,16 @@ def main(argv: list[str] | None = None) -> None:
                 images[d] = distort(d, x, torch.arange(len(x)), split="test").images
             state = localization_state(lit.model.eval(), images[d], y)
             where = f" (`{folder.parent.name}/{folder.name}`)" if i else ""
+            scale, shift = "-", "-"
+            if "scale" in state:
+                scale, shift = f"{state['scale']:.2f}", f"{state['shift_std_x']:.2f} / {state['shift_std_y']:.2f}"
             rows.append(f"| {cell.name}{where} | {lit.recipe.loc_lr_scale:g} | {state['dead']} of "
-                        f"{state['units']} | {state['param_std']:.4f} | {state['error']:.1f} |")
+                        f"{state['units']} | {state['param_std']:.4f} | {scale} | {shift} | {state['error']:.1f} |")
             print(rows[-1], flush=True)
-    with open(args.out, "w") as f:
-        f.write("# Table 1 transformers at the end of training: alive or dead\n\n" + "\n".join(rows) + "\n\n"
-                "Dead: every unit of the last hidden layer zero for every image, so the transformer is one fixed "
-                "warp (parameter std 0).\n")
+    atomic_write_text(args.out, "# Table 1 transformers at the end of training: alive or dead\n\n" + "\n".join(rows)
+                      + "\n\nDead: every unit of the last hidden layer zero for every image, so the transformer is "
+                      "one fixed warp (parameter std 0). Scale 1: the transformer sees the whole input; 0.5: a "
+                      "window of half its side. Translation std 0: the window does not move with the digit.\n")
 
 
 if __name__ == "__main__":

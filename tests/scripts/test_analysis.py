@@ -148,11 +148,40 @@ def test_table1_check_alive(table1_cells, mnist_dir, tmp_path):
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["rts-st-cnn-affine", f"rts-st-cnn-affine (`{table1_cells.parent.name}/cells`)"]
     assert rows[0][1:] == rows[1][1:]
+    assert len(rows[0]) == 7
     dead, units = re.fullmatch(r"(\d+) of (\d+)", rows[0][2]).groups()
     assert 0 <= int(dead) <= int(units)
     assert float(rows[0][3]) >= 0
-    assert 0 <= float(rows[0][4]) <= 100
+    assert 0 < float(rows[0][4]) < 2
+    shift_x, shift_y = re.fullmatch(r"(\d+\.\d\d) / (\d+\.\d\d)", rows[0][5]).groups()
+    assert float(shift_x) >= 0
+    assert float(shift_y) >= 0
+    assert 0 <= float(rows[0][6]) <= 100
     assert "error % (40 images)" in out.read_text()
+
+
+def test_localization_state_of_a_known_warp():
+    from common import localization_state
+
+    from stnkit.modules import SpatialTransformer
+
+    torch.manual_seed(0)
+    st = SpatialTransformer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5), torch.nn.ReLU()),
+                            "affine", in_features=5)
+    with torch.no_grad():
+        st.head.bias.copy_(torch.tensor([0.3, 0.0, 0.25, 0.0, -0.3, -0.5]))  # a flipped window of side 0.3
+    model = torch.nn.Sequential(st, torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    images, labels = torch.rand(12, 1, 8, 8), torch.arange(12) % 3
+    state = localization_state(model, images, labels)
+    assert state["scale"] == pytest.approx(0.3, abs=1e-6)
+    assert state["shift_std_x"] == 0
+    assert state["shift_std_y"] == 0
+    assert state["param_std"] == 0
+    assert state["units"] == 5
+    dead = int((st.localization(images).amax(0) <= 0).sum())
+    assert state["dead"] == dead
+    expected = (model(images).argmax(1) != labels).float().mean().item() * 100
+    assert state["error"] == pytest.approx(expected)
 
 
 def test_table1_long_diagnose(table1_cells, mnist_dir, tmp_path):
