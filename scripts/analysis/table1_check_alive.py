@@ -4,9 +4,9 @@ For each ST cell's final checkpoint (``<cells>/<key>/s0/checkpoints/last.ckpt``,
 it, not in git), on 500 test images of the dataset it was trained on: how many units of the localisation net's
 last hidden layer are dead (zero for every image), the std over the images of the predicted transformation
 parameters (0: one fixed warp for all) and, for affine cells, the warp's mean scale (the attended window's side
-over the input's) and the std of its translation (how far the window moves with the digit). The R and RTS cells
-ran before training logged ``val/st_frozen``; this checks them after the fact. Cells of every folder after the
-first are marked with their folder. Output: ``--out`` (default ``results/table1/loc-lr-x3-tc/alive.md``).
+over the input's) and the std of its translation (how far the window moves with the digit): training logs
+``val/st_frozen`` on validation images; this reads the final checkpoint on test images. Cells of every folder after
+the first are marked with their folder. Output: ``--out`` (default ``results/table1/loc-lr-x3-tc/alive.md``).
 
     STNKIT_DATA=/path/to/mnist python scripts/analysis/table1_check_alive.py
 """
