@@ -65,6 +65,15 @@ class TestRun:
                                                      f"Code: stnkit {code['version']}, commit(s) {code['commit']} "
                                                      "(3 cells).\n")
 
+    def test_run_overrides_win_and_are_recorded_except_threads(self, tmp_path):
+        table = run(TOY, tmp_path, overrides={"lr": 7, "threads": 1}, log=quiet)
+        by_key = {c["key"]: c for c in table["cells"]}
+        assert by_key["a-2"]["fields"] == {"steps": 2, "lr": 7, "threads": 1}
+        assert by_key["a-2"]["overrides"] == {"steps": 2, "lr": 7}
+        assert by_key["b-1"]["overrides"] == {"lr": 7}
+        threads_only = run(TOY, tmp_path / "threads", overrides={"threads": 1}, log=quiet)
+        assert "overrides" not in {c["key"]: c for c in threads_only["cells"]}["b-1"]
+
     def test_rerun_names_the_skipped_cells_and_how_to_rerun(self, tmp_path):
         run(TOY, tmp_path, cells=["a-*"], log=quiet)
         lines = []

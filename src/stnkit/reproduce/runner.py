@@ -67,6 +67,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+RUN_ONLY = ("threads",)  # fields that say how a cell runs, not what it computes: not recorded as overrides
+
+
 def run_cell(experiment: Experiment, cell: Cell, budget: Budget, out: Path, n_seeds: int,
              data_dir: str | None = None, progress: bool = True, overrides: dict[str, Any] | None = None,
              log: Callable[[str], Any] = print) -> dict[str, Any]:
@@ -79,10 +82,9 @@ def run_cell(experiment: Experiment, cell: Cell, budget: Budget, out: Path, n_se
     for seed in range(n_seeds):
         log(f"{cell.key} seed {seed}: running ({budget.name} budget)")
         seeds.append(run_seed(SeedRun(cell, seed, fields, cell_dir / f"s{seed}", out, data_dir, progress)))
-    cell_overrides = budget.cell_overrides(cell.key)
+    won = {**budget.cell_overrides(cell.key), **{k: v for k, v in (overrides or {}).items() if k not in RUN_ONLY}}
     return {"key": cell.key, "label": cell.label, **summarize(cell, seeds), "seeds": n_seeds, "budget": budget.name,
-            "paper": cell.paper, **({"overrides": cell_overrides} if cell_overrides else {}), **cell.info,
-            **provenance()}
+            "paper": cell.paper, **({"overrides": won} if won else {}), **cell.info, **provenance()}
 
 
 def _prefixed(log: Callable[[str], Any], prefix: str) -> Callable[[str], Any]:
@@ -115,7 +117,8 @@ def run(
         data_dir: MNIST folder (default ``$STNKIT_DATA``, then the cache).
         progress: progress bars.
         figures: draw the figures.
-        overrides: fields for every cell that win over everything (e.g. ``{"threads": 2}``).
+        overrides: fields for every cell that win over everything (e.g. ``{"threads": 2}``); recorded with the
+            budget's per-cell overrides in each result's ``overrides``, except :data:`RUN_ONLY` ones.
         log: where progress lines go.
 
     Returns:
