@@ -26,6 +26,7 @@ from common import (
 from common import parser as make_parser
 
 from stnkit.data import make_coloc_set
+from stnkit.files import atomic_write_text
 from stnkit.losses import attended_box, box_iou
 
 HEAD = ("# Triplet loss at the learned windows and at the true digit frames "
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{offset.mean(0)[0]:+.1f}, {offset.mean(0)[1]:+.1f} | "
                     f"{offset.std(0)[0]:.1f}, {offset.std(0)[1]:.1f} |")
         print(rows[-1], flush=True)
-    with open(args.out, "w") as f:
-        f.write(HEAD + "\n".join(rows) + "\n")
+    atomic_write_text(args.out, HEAD + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

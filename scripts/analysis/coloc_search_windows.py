@@ -26,6 +26,7 @@ from common import parser as make_parser
 
 from stnkit.data import make_coloc_set
 from stnkit.data.coloc import random_crop_params
+from stnkit.files import atomic_write_text
 from stnkit.losses import attended_box, box_iou
 from stnkit.sampling import warp
 
@@ -97,9 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         losses = [loss_at(encoder, s.images, w, args.draws, seed=1) for w in (start, found)]
         rows.append(f"| {name} | {ok[0]:.0f} | {ok[1]:.0f} | {losses[0]:.3f} | {losses[1]:.3f} |")
         print(rows[-1], flush=True)
-        with open(args.out, "w") as f:
-            f.write("# A search over windows from the transformer's, lowering the same loss "
-                    "(`scripts/analysis/coloc_search_windows.py`)\n\n" + "\n".join(rows) + "\n")
+        atomic_write_text(args.out, "# A search over windows from the transformer's, lowering the same loss "
+                          "(`scripts/analysis/coloc_search_windows.py`)\n\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 
 from common import RESULTS, existing_dir
 
+from stnkit.files import atomic_write_text
 from stnkit.viz import error_curves_side_by_side
 
 
@@ -44,10 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         m = r["metrics"]
         print(f"{r['name']:36s} test {m['test_err']:5.2f} %  val {m['val_err']:5.2f} %  {m['steps']:5d} steps  "
               f"{m['train_s']:6.0f} s  load {r['load_before']:.1f}->{r['load_after']:.1f}")
-    with open(Path(args.out, "summary.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(args.out, "summary.csv"), table.getvalue())
     series = [{"label": f"{r['model']} {r['name'].removeprefix('cnn-')} ({r.get('cpu_threads')} thr, load "
                         f"{r['load_before']:.0f}-{r['load_after']:.0f})",
                "curve": [{**c, "samples": c["step"] * r["recipe"]["batch_size"]} for c in r["curve"]],
