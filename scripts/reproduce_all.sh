@@ -15,8 +15,9 @@ r() {  # experiment budget output [extra args]
     >> "$out.log" 2>&1
 }
 # Both lanes pull Table 1's (and the addition's) cells from one list: a cell being trained by one lane is locked
-# (`.lock`) and the other lane moves on, so the two balance themselves; each finished cell rewrites the table from all
-# finished ones.
+# (`cells/<key>/.stnkit.lock`, dropped by the kernel if its lane is killed) and the other lane moves on, so the two
+# balance themselves; each finished cell rewrites the table from all finished ones. Co-localisation's encoder is the
+# exception: a lane that reaches it while the other trains it waits, since every set needs its checkpoint.
 lane1() {
   r table1 cpu-15k results/table1-long --cells rts:cnn
   r table1 cpu-3k results/table1

@@ -149,7 +149,12 @@ class TestBadArguments:
         assert "stnkit bench: error: unrecognized arguments: --steps 3" in capsys.readouterr().err
         with pytest.raises(SystemExit) as exit_value:
             main(["bench", "--sections", "nope"])
-        assert exit_value.value.code == "unknown sections: nope"
+        assert exit_value.value.code == "stnkit bench: unknown --sections nope; expected some of warps, training, data"
+        for flag, value in (("--ops", "affine,twirl"), ("--passes", "fwd,sideways")):
+            with pytest.raises(SystemExit) as exit_bad:
+                main(["bench", flag, value])
+            assert exit_bad.value.code.startswith(f"stnkit bench: unknown {flag} {value.split(',')[1]}; expected some "
+                                                  "of ")
 
     def test_console_script_has_no_traceback(self):
         proc = subprocess.run([sys.executable, "-m", "stnkit", "train", "--dataset", "nope"], capture_output=True,

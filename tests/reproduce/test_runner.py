@@ -1,13 +1,13 @@
 """The one runner on a toy experiment (no training): skip and resume, locks, per-cell overrides, budgets, notes."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from stnkit.files import FolderLock
 from stnkit.reproduce import Budget, Cell, Experiment, provenance, run, write_outputs
 from stnkit.reproduce.experiment import budget_recipe, select
 from stnkit.reproduce.runner import claim
@@ -45,6 +45,19 @@ TOY = Experiment(
 
 def quiet(*_):
     return None
+
+
+def setup_experiment(calls):
+    """TOY with a setup cell whose seed writes a checkpoint, as training does; ``calls`` gets each trained seed."""
+    def train(run):
+        calls.append(run.seed)
+        (run.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "checkpoints" / "last.ckpt").write_text("")
+        return {"value": 5, "fields": run.fields}
+
+    setup = Cell("enc", "encoder", {"lr": 7}, seeds=1, run_seed=train)
+    return Experiment(name="toy", title="t", cells=CELLS, budgets=TOY.budgets, default_budget="small",
+                      render=render, run_seed=toy_seed, summarize=toy_summary, setup=(setup,))
 
 
 class TestRun:
@@ -99,12 +112,13 @@ class TestRun:
         assert table["cells"][0]["resumed"] == [True, False]
 
     def test_a_cell_held_by_a_live_process_is_left_alone(self, tmp_path):
-        (tmp_path / "cells" / "a-1").mkdir(parents=True)
-        (tmp_path / "cells" / "a-1" / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}")
+        held = FolderLock(tmp_path / "cells" / "a-1").acquire()  # flock: another open file conflicts, as a process
         lines = []
         table = run(TOY, tmp_path, cells=["a-1"], log=lines.append)
+        held.release()
         assert "[1/1] a-1: being run by another process, skipped" in lines
         assert table["cells"] == []
+        assert not any("already done" in line for line in lines)
 
     def test_setup_cells_run_first_whatever_the_selection(self, tmp_path):
         setup = Cell("enc", "encoder", {"lr": 7}, seeds=1)
@@ -115,6 +129,46 @@ class TestRun:
         assert lines[0] == "[1/2] enc seed 0: running (big budget)"  # once: its fixed seed count
         assert json.loads((tmp_path / "cells" / "enc" / "result.json").read_text())["seeds"] == 1
         assert [c["key"] for c in table["cells"]] == ["b-1"]  # not in the table
+
+    def test_a_setup_cell_without_its_checkpoints_is_retrained_only_when_a_cell_needs_it(self, tmp_path):
+        calls = []
+        exp = setup_experiment(calls)
+        run(exp, tmp_path, cells=["b-1"], log=quiet)
+        assert calls == [0]
+        (tmp_path / "cells" / "enc" / "s0" / "checkpoints" / "last.ckpt").unlink()  # a fresh clone: not committed
+        lines = []
+        run(exp, tmp_path, cells=["b-1"], log=lines.append)  # nothing pending: the result is enough
+        assert calls == [0]
+        assert lines[0].startswith("[1/2] enc: done (")
+        lines.clear()
+        run(exp, tmp_path, cells=["a-1"], log=lines.append)
+        assert calls == [0, 0]
+        assert lines[0] == ("[1/2] enc: done, but the cells to run need its checkpoints, which are never committed: "
+                            "training it again")
+        assert (tmp_path / "cells" / "enc" / "s0" / "checkpoints" / "last.ckpt").is_file()
+
+    def test_a_setup_cell_run_by_another_process_is_waited_for(self, tmp_path):
+        calls = []
+        exp = setup_experiment(calls)
+        other = FolderLock(tmp_path / "cells" / "enc").acquire()
+
+        def finish():  # the other process: trains the setup cell, saves it, lets go
+            run_dir = tmp_path / "cells" / "enc" / "s0"
+            (run_dir / "checkpoints").mkdir(parents=True)
+            (run_dir / "checkpoints" / "last.ckpt").write_text("")
+            (tmp_path / "cells" / "enc" / "result.json").write_text(json.dumps({"seeds": 1, "error": 5}))
+            other.release()
+
+        timer = threading.Timer(0.3, finish)
+        timer.start()
+        lines = []
+        table = run(exp, tmp_path, cells=["a-1"], log=lines.append)
+        timer.join()
+        assert lines[0] == "[1/2] enc: being run by another process; waiting for it (the other cells need it)"
+        assert lines[1].startswith("[1/2] enc: done (5.00 %")
+        assert lines[1].endswith("skipped")
+        assert calls == []  # not trained twice
+        assert [c["key"] for c in table["cells"]] == ["a-1"]
 
     def test_a_cell_may_bring_its_own_seed_function(self, tmp_path):
         def evaluate_only(run):
@@ -182,14 +236,22 @@ def test_select_keeps_order_and_drops_repeats():
     assert select(CELLS, None, "toy") == list(CELLS)
 
 
-def test_claim_keeps_a_cell_to_one_live_process_and_takes_over_stale_locks(tmp_path):
+def test_claim_keeps_a_cell_to_one_process_and_a_killed_holder_lets_go(tmp_path):
     lock = claim(tmp_path / "cell")
     assert lock is not None
-    assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
-    assert claim(tmp_path / "cell") is None  # held by a live process (this one)
-    lock.unlink()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "cell" / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
-    again = claim(tmp_path / "cell")  # its process has exited: stale, taken over
+    assert claim(tmp_path / "cell") is None  # held
+    lock.release()
+    again = claim(tmp_path / "cell")
     assert again is not None
-    assert again.read_text().endswith(str(os.getpid()))
+    again.release()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from stnkit.reproduce.runner import claim; "
+                               f"lock = claim({str(tmp_path / 'cell')!r}); print(lock is not None, flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "True"
+    assert claim(tmp_path / "cell") is None  # a live process holds it
+    holder.kill()
+    holder.wait()
+    holder.stdout.close()
+    taken = claim(tmp_path / "cell")  # the kernel dropped the killed holder's lock
+    assert taken is not None
+    taken.release()

@@ -31,6 +31,16 @@ def _parse_shape(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"shape must look like N,C,H,W->h,w; got {text!r}") from None
 
 
+def _pick(flag: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list of ``--<flag>`` values, in the given order; one line naming the unknown ones otherwise."""
+    picked = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [v for v in picked if v not in allowed]
+    if unknown or not picked:
+        raise SystemExit(f"stnkit bench: unknown --{flag} {','.join(unknown) or repr(text)}; expected some of "
+                         f"{', '.join(allowed)}")
+    return picked
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stnkit bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small shapes and short budgets (under a minute once the "
@@ -61,26 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - {"warps", "training", "data"}
-    if unknown:
-        raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
+    sections = set(_pick("sections", args.sections, ("warps", "training", "data")))
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("stnkit bench: --device cuda, but torch sees no CUDA device")
     if cuda and sections - {"warps"}:
         raise SystemExit("stnkit bench: --device cuda times the warps section only; pass --sections warps")
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 1.2)
-    ops = tuple(args.ops.split(",")) if args.ops else (warps.CUDA_OPS if cuda else warps.OPS)
-    bad = set(ops) - set(warps.OPS)
-    if bad:
-        raise SystemExit(f"unknown ops: {', '.join(sorted(bad))}")
+    ops = _pick("ops", args.ops, warps.OPS) if args.ops else (warps.CUDA_OPS if cuda else warps.OPS)
     default_shapes = warps.QUICK_SHAPES if args.quick else (warps.CUDA_SHAPES if cuda else warps.FULL_SHAPES)
     shapes = tuple(args.shapes) if args.shapes else default_shapes
-    passes = tuple(args.passes.split(",")) if args.passes else (warps.PASSES if cuda else ("fwd", "fwd+bwd"))
-    bad = set(passes) - set(warps.PASSES)
-    if bad:
-        raise SystemExit(f"unknown passes: {', '.join(sorted(bad))}; expected {', '.join(warps.PASSES)}")
+    passes = _pick("passes", args.passes, warps.PASSES) if args.passes else (warps.PASSES if cuda else
+                                                                             ("fwd", "fwd+bwd"))
     command = "python -m stnkit.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else
                                                                              sys.argv[1:]))
     info = machine_info(args.device)

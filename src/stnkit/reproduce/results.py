@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -70,6 +71,17 @@ class CellStore:
     def save(self, key: str, result: dict[str, Any]) -> None:
         """Write a finished cell's result atomically."""
         atomic_write_text(self.cell_dir(key) / "result.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+    def has_checkpoints(self, key: str, seeds: int) -> bool:
+        """Whether each of the cell's first ``seeds`` runs holds its last checkpoint (never committed)."""
+        return all((self.cell_dir(key) / f"s{seed}" / "checkpoints" / "last.ckpt").is_file() for seed in range(seeds))
+
+    def discard(self, key: str) -> None:
+        """Delete a cell's result and its seeds' runs, so that it runs again from the start (its lock stays)."""
+        (self.cell_dir(key) / "result.json").unlink(missing_ok=True)
+        for run_dir in self.cell_dir(key).glob("s[0-9]*"):
+            if run_dir.is_dir():
+                shutil.rmtree(run_dir)
 
     def finished(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Return ``{key: result}`` for the finished cells among ``keys``."""

@@ -8,17 +8,16 @@ interrupted one from its seeds' runs. ``<out>/budget.json`` keeps one budget per
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from stnkit.files import FolderLock, FolderLockedError
 from stnkit.reproduce.experiment import Budget, Cell, Experiment, SeedRun
 from stnkit.reproduce.results import CellStore, atomic_write_text, code_line, provenance
 
-__all__ = ["check_budget", "claim", "run", "run_cell", "write_outputs"]
+__all__ = ["SETUP_POLL_S", "check_budget", "claim", "run", "run_cell", "write_outputs"]
 
 
 def check_budget(out: Path, budget: Budget) -> None:
@@ -33,38 +32,20 @@ def check_budget(out: Path, budget: Budget) -> None:
         atomic_write_text(marker, json.dumps({"budget": budget.name}) + "\n")
 
 
-def claim(cell_dir: Path) -> Path | None:
-    """Take a cell for this process: create ``cell_dir/.lock`` holding our host and pid.
+def claim(cell_dir: Path) -> FolderLock | None:
+    """Take a cell for this process: an exclusive :class:`~stnkit.files.FolderLock` on ``cell_dir``.
 
     Two background runs of one reproduction (e.g. one per core, on overlapping cell patterns) must never run the
-    same cell into the same folder. Returns the lock's path (delete it when done), or None when a live process on
-    this host holds it. A lock left by a process that no longer exists (killed) is taken over.
+    same cell into the same folder. Returns the held lock (release it when done), or None when another process
+    holds it. The kernel drops the lock of a process that dies, so a killed run leaves no stale lock behind.
     """
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    lock = cell_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            host, _, pid = lock.read_text().partition(" ")
-            if host == socket.gethostname() and pid.strip().isdigit() and _alive(int(pid)):
-                return None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}")
-        return lock
-    return None
-
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return FolderLock(cell_dir, "cell").acquire()
+    except FolderLockedError:
+        return None
+
+
+SETUP_POLL_S = 1.0  # how often a run waits for another process's setup cell
 
 
 RUN_ONLY = ("threads",)  # fields that say how a cell runs, not what it computes: not recorded as overrides
@@ -136,28 +117,26 @@ def run(
     check_budget(out, b)
     store = CellStore(out)
     todo = [*experiment.setup, *chosen]
+    pending = any(not _finished(store.load(c.key), c.seeds or n_seeds) for c in chosen)
     skipped = []
     for i, cell in enumerate(todo, 1):
         tag = f"[{i}/{len(todo)}] {cell.key}"
         want = cell.seeds or n_seeds
-        done = store.load(cell.key)
-        if done is not None and done.get("seeds", 0) >= want:
-            log(f"{tag}: done ({experiment.headline(done)}), skipped")
-            skipped.append(cell.key)
-            continue
-        lock = claim(store.cell_dir(cell.key))
+        setup = cell in experiment.setup
+        lock = _take(experiment, store, cell, want, setup and pending, tag, log)
         if lock is None:
-            log(f"{tag}: being run by another process, skipped")
+            if _finished(store.load(cell.key), want):
+                skipped.append(cell.key)
             continue
         t0 = time.time()
         try:
             result = run_cell(experiment, cell, b, out, want, data_dir, progress, overrides,
                               log=_prefixed(log, f"[{i}/{len(todo)}] "))
+            store.save(cell.key, result)
         finally:
-            lock.unlink(missing_ok=True)
-        store.save(cell.key, result)
+            lock.release()
         log(f"{tag}: {experiment.headline(result)}, {time.time() - t0:.0f} s")
-        if cell not in experiment.setup:
+        if not setup:
             write_outputs(experiment, out, b, figures=False)
     if skipped:
         log(f"{len(skipped)} cell(s) already done in {out} skipped: {', '.join(skipped)}; to run them again, give "
@@ -165,6 +144,45 @@ def run(
     if experiment.after_cells is not None:
         experiment.after_cells(out, b, log)
     return write_outputs(experiment, out, b, figures=figures, data_dir=data_dir)
+
+
+def _finished(result: dict[str, Any] | None, want: int) -> bool:
+    return result is not None and result.get("seeds", 0) >= want
+
+
+def _take(experiment: Experiment, store: CellStore, cell: Cell, want: int, needed: bool, tag: str,
+          log: Callable[[str], Any]) -> FolderLock | None:
+    """Lock a cell that is to run, or log why it does not run and return None (finished, or another process's).
+
+    A ``needed`` cell is a setup cell whose runs the pending cells read: one finished without its checkpoints (they
+    are never committed) is trained again, and one held by another process is waited for, not skipped.
+    """
+    waiting = False
+    while True:
+        done = store.load(cell.key)
+        stale = needed and _finished(done, want) and not store.has_checkpoints(cell.key, want)
+        if done is not None and _finished(done, want) and not stale:
+            log(f"{tag}: done ({experiment.headline(done)}), skipped")
+            return None
+        lock = claim(store.cell_dir(cell.key))
+        if lock is not None:
+            done = store.load(cell.key)  # another process may have finished it meanwhile
+            stale = needed and _finished(done, want) and not store.has_checkpoints(cell.key, want)
+            if _finished(done, want) and not stale:
+                lock.release()
+                continue
+            if stale:
+                log(f"{tag}: done, but the cells to run need its checkpoints, which are never committed: "
+                    "training it again")
+                store.discard(cell.key)
+            return lock
+        if not needed:
+            log(f"{tag}: being run by another process, skipped")
+            return None
+        if not waiting:
+            log(f"{tag}: being run by another process; waiting for it (the other cells need it)")
+            waiting = True
+        time.sleep(SETUP_POLL_S)
 
 
 def write_outputs(experiment: Experiment, out: str | Path, budget: Budget, figures: bool = True,
