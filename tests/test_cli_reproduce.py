@@ -63,7 +63,7 @@ def test_rerun_says_what_it_skips_and_how_to_rerun(capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "budget 'cpu' of mnist3d is now called 'cpu-2.5k'; the old name will be removed"
     assert lines[1] == f"stnkit reproduce mnist3d: cpu-2.5k budget, output {out}"
-    assert "[1/2] cnn-mnist3d: done (9.50 % (paper — %)), skipped" in lines
+    assert "[1/2] cnn-mnist3d: done (9.50 %), skipped" in lines
     assert any(line.startswith(f"2 cell(s) already done in {out} skipped: cnn-mnist3d, st-cnn-mnist3d; to run them "
                                "again, give another --out") for line in lines)
     assert lines[-1] == f"2 cells finished; tables in {out}/mnist3d.md and .json"

@@ -75,8 +75,9 @@ def fit_summary(cell: Cell, seeds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def fit_headline(result: dict[str, Any]) -> str:
-    """One progress line's summary of a classification cell: ``1.23 % (paper 0.8 %)``."""
-    return f"{result['error']:.2f} % (paper {fmt(result.get('paper'), 1)} %)"
+    """One progress line's summary of a classification cell: ``1.23 % (paper 0.8 %)``, or ``1.23 %`` without one."""
+    paper = result.get("paper")
+    return f"{result['error']:.2f} %" + (f" (paper {fmt(paper, 1)} %)" if paper is not None else "")
 
 
 @dataclass(frozen=True)
