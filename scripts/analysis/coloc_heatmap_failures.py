@@ -1,13 +1,13 @@
-"""Why the heatmap localisation fails on TC digits 1 and 8: the loss at its windows, and restarts.
+"""Why the heatmap localisation fails on a set: the loss at its windows, and restarts.
 
-For each set named (default ``tc-1-heatmap tc-8-heatmap``): the triplet loss (margin 1, frozen encoder, 30 draws
+For each set named (default ``t-3-heatmap tc-3-heatmap``, the failures of the committed cells): the triplet loss (margin 1, frozen encoder, 30 draws
 of the negatives, as ``coloc_loss_at_true_boxes.py``) at the windows of the cell (``<cells>/<set>/s0/result.json``)
 and at the true 28x28 frames; then the same optimisation (``stnkit.reproduce.coloc.WINDOW``, ``--steps``
 full-batch steps, lr 0.01) restarted with other seeds of the weights and the negatives on the same images, each
 restart's % correct and loss. Output: ``<out>/heatmap_failures_<set>.md`` (one file a set, so two sets can run side
 by side). Needs the encoder's checkpoint (not committed: ``results/coloc/diagnosis/README.md``).
 
-    STNKIT_DATA=/path/to/mnist python scripts/analysis/coloc_heatmap_failures.py [tc-1-heatmap ...]
+    STNKIT_DATA=/path/to/mnist python scripts/analysis/coloc_heatmap_failures.py [t-3-heatmap ...]
 """
 
 import json
@@ -33,7 +33,7 @@ from stnkit.training.coloc import fit_coloc
 def main(argv: list[str] | None = None) -> None:
     """Evaluate and restart every set named on the command line; write one md table per set."""
     p = make_parser(__doc__)
-    p.add_argument("sets", nargs="*", default=["tc-1-heatmap", "tc-8-heatmap"], help="coloc heatmap set keys")
+    p.add_argument("sets", nargs="*", default=["t-3-heatmap", "tc-3-heatmap"], help="coloc heatmap set keys")
     add_coloc_arguments(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="restart seeds")
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps per restart")
