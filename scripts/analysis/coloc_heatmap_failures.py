@@ -1,11 +1,12 @@
 """Why the heatmap localisation fails on a set: the loss at its windows, and restarts.
 
-For each set named (default ``t-3-heatmap tc-3-heatmap``, the failures of the committed cells): the triplet loss (margin 1, frozen encoder, 30 draws
-of the negatives, as ``coloc_loss_at_true_boxes.py``) at the windows of the cell (``<cells>/<set>/s0/result.json``)
-and at the true 28x28 frames; then the same optimisation (``stnkit.reproduce.coloc.WINDOW``, ``--steps``
-full-batch steps, lr 0.01) restarted with other seeds of the weights and the negatives on the same images, each
-restart's % correct and loss. Output: ``<out>/heatmap_failures_<set>.md`` (one file a set, so two sets can run side
-by side). Needs the encoder's checkpoint (not committed: ``results/coloc/diagnosis/README.md``).
+For each set named (default ``t-3-heatmap tc-3-heatmap``, the committed cells' failures): the triplet loss (margin 1,
+frozen encoder, 30 draws of the negatives, as ``coloc_loss_at_true_boxes.py``) at the windows of the cell
+(``<cells>/<set>/s0/result.json``) and at the true 28x28 frames; then the same optimisation
+(``stnkit.reproduce.coloc.WINDOW``, ``--steps`` full-batch steps, lr 0.01) restarted with other seeds of the weights
+and the negatives on the same images, each restart's % correct and loss. Output:
+``<out>/heatmap_failures_<set>.md`` (one file a set, so two sets can run side by side). Needs the encoder's
+checkpoint (not committed: ``results/coloc/diagnosis/README.md``).
 
     STNKIT_DATA=/path/to/mnist python scripts/analysis/coloc_heatmap_failures.py [t-3-heatmap ...]
 """

@@ -84,9 +84,11 @@ def test_cuda_device_without_cuda_is_one_line():
 
 
 def test_bad_arguments():
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^stnkit bench: unknown --sections nope; expected some of warps, training"):
         main(["--sections", "nope"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^stnkit bench: unknown --ops rotation; expected some of affine,"):
         main(["--ops", "rotation"])
-    with pytest.raises(SystemExit, match="unknown passes"):
+    with pytest.raises(SystemExit, match="^stnkit bench: unknown --passes bwd; expected some of fwd, fwd\\+bwd"):
         main(["--passes", "bwd"])
+    with pytest.raises(SystemExit, match="^stnkit bench: unknown --sections ','; expected some of"):
+        main(["--sections", ","])
