@@ -58,6 +58,10 @@ class CellStore:
         """Folder of one cell (its training runs live below it)."""
         return self.root / "cells" / key
 
+    def run_dir(self, key: str, seed: int) -> Path:
+        """Folder of one seed's run of a cell: ``cells/<key>/s<seed>``."""
+        return self.cell_dir(key) / f"s{seed}"
+
     def load(self, key: str) -> dict[str, Any] | None:
         """Return a finished cell's result, or None when the cell has not finished."""
         path = self.cell_dir(key) / "result.json"
@@ -74,7 +78,7 @@ class CellStore:
 
     def has_checkpoints(self, key: str, seeds: int) -> bool:
         """Whether each of the cell's first ``seeds`` runs holds its last checkpoint (never committed)."""
-        return all((self.cell_dir(key) / f"s{seed}" / "checkpoints" / "last.ckpt").is_file() for seed in range(seeds))
+        return all((self.run_dir(key, seed) / "checkpoints" / "last.ckpt").is_file() for seed in range(seeds))
 
     def discard(self, key: str) -> None:
         """Delete a cell's result and its seeds' runs, so that it runs again from the start (its lock stays)."""
@@ -125,7 +129,7 @@ def code_line(cells: Sequence[dict[str, Any]]) -> str:
 
 def trained_model(out: str | os.PathLike, key: str) -> tuple[Any, Any] | None:
     """Return ``(model, TrainConfig)`` of a cell's first seed from its last checkpoint, or None without one."""
-    run_dir = CellStore(out).cell_dir(key) / "s0"
+    run_dir = CellStore(out).run_dir(key, 0)
     if not (run_dir / "checkpoints" / "last.ckpt").exists():
         return None
     from stnkit.training import load_checkpoint  # Lightning: only when drawing from a checkpoint

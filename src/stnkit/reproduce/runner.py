@@ -58,11 +58,11 @@ def run_cell(experiment: Experiment, cell: Cell, budget: Budget, out: Path, n_se
     run_seed = cell.run_seed or experiment.run_seed
     summarize = cell.summarize or experiment.summarize
     fields = {**budget.fields_for(cell), **(overrides or {})}
-    cell_dir = CellStore(out).cell_dir(cell.key)
+    store = CellStore(out)
     seeds = []
     for seed in range(n_seeds):
         log(f"{cell.key} seed {seed}: running ({budget.name} budget)")
-        seeds.append(run_seed(SeedRun(cell, seed, fields, cell_dir / f"s{seed}", out, data_dir, progress)))
+        seeds.append(run_seed(SeedRun(cell, seed, fields, store.run_dir(cell.key, seed), out, data_dir, progress)))
     won = {**budget.cell_overrides(cell.key), **{k: v for k, v in (overrides or {}).items() if k not in RUN_ONLY}}
     return {"key": cell.key, "label": cell.label, **summarize(cell, seeds), "seeds": n_seeds, "budget": budget.name,
             "paper": cell.paper, **({"overrides": won} if won else {}), **cell.info, **provenance()}
@@ -123,9 +123,9 @@ def run(
         tag = f"[{i}/{len(todo)}] {cell.key}"
         want = cell.seeds or n_seeds
         setup = cell in experiment.setup
-        lock = _take(experiment, store, cell, want, setup and pending, tag, log)
+        lock, done = _take(experiment, store, cell, want, setup and pending, tag, log)
         if lock is None:
-            if _finished(store.load(cell.key), want):
+            if done:
                 skipped.append(cell.key)
             continue
         t0 = time.time()
@@ -151,34 +151,42 @@ def _finished(result: dict[str, Any] | None, want: int) -> bool:
 
 
 def _take(experiment: Experiment, store: CellStore, cell: Cell, want: int, needed: bool, tag: str,
-          log: Callable[[str], Any]) -> FolderLock | None:
-    """Lock a cell that is to run, or log why it does not run and return None (finished, or another process's).
+          log: Callable[[str], Any]) -> tuple[FolderLock | None, bool]:
+    """Lock a cell that is to run, or log why it does not run: ``(lock, False)``, or ``(None, finished)``.
 
     A ``needed`` cell is a setup cell whose runs the pending cells read: one finished without its checkpoints (they
     are never committed) is trained again, and one held by another process is waited for, not skipped.
     """
+
+    def finished() -> tuple[dict[str, Any] | None, bool]:
+        """The cell's result if it counts as done, and whether it lacks the checkpoints a ``needed`` cell must keep."""
+        done = store.load(cell.key)
+        if not _finished(done, want):
+            return None, False
+        if needed and not store.has_checkpoints(cell.key, want):
+            return None, True
+        return done, False
+
     waiting = False
     while True:
-        done = store.load(cell.key)
-        stale = needed and _finished(done, want) and not store.has_checkpoints(cell.key, want)
-        if done is not None and _finished(done, want) and not stale:
+        done, _ = finished()
+        if done is not None:
             log(f"{tag}: done ({experiment.headline(done)}), skipped")
-            return None
+            return None, True
         lock = claim(store.cell_dir(cell.key))
         if lock is not None:
-            done = store.load(cell.key)  # another process may have finished it meanwhile
-            stale = needed and _finished(done, want) and not store.has_checkpoints(cell.key, want)
-            if _finished(done, want) and not stale:
+            done, stale = finished()  # another process may have finished it meanwhile
+            if done is not None:
                 lock.release()
                 continue
             if stale:
                 log(f"{tag}: done, but the cells to run need its checkpoints, which are never committed: "
                     "training it again")
                 store.discard(cell.key)
-            return lock
+            return lock, False
         if not needed:
             log(f"{tag}: being run by another process, skipped")
-            return None
+            return None, False
         if not waiting:
             log(f"{tag}: being run by another process; waiting for it (the other cells need it)")
             waiting = True

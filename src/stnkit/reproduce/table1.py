@@ -181,7 +181,7 @@ def _figures(out: Path, finished: dict[str, dict[str, Any]], data_dir: str | Non
                            "TPS control points orange) and the transformer's output", n, data_dir)
         series = [{"label": c.fields["model"].upper() + (f" {c.fields['transform']}" if "transform" in c.fields
                                                          else ""),
-                   "curve": val_curve(store.cell_dir(c.key) / "s0"), "test_err": finished[c.key].get("error"),
+                   "curve": val_curve(store.run_dir(c.key, 0)), "test_err": finished[c.key].get("error"),
                    "paper": c.paper} for c in done]
         if any(s["curve"] for s in series):
             budget = next(iter(finished.values()))["budget"]
